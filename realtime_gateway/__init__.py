@@ -1,0 +1,70 @@
+"""realtime_gateway: authenticated, authorized real-time gateways over socket.io.
+
+Compose a :class:`Gateway` into an aiohttp or ASGI app, plug in an
+:class:`Authenticator` and an :class:`Authorizer`, and serve namespaces built on
+:class:`GatewayNamespace`.
+"""
+
+from ._auth import Authenticator as Authenticator
+from ._auth import CallbackAuthenticator as CallbackAuthenticator
+from ._auth import ChainAuthenticator as ChainAuthenticator
+from ._auth import SignedTokenAuthenticator as SignedTokenAuthenticator
+from ._authz import AllOf as AllOf
+from ._authz import AllowAll as AllowAll
+from ._authz import AnyOf as AnyOf
+from ._authz import Authorizer as Authorizer
+from ._authz import DenyAll as DenyAll
+from ._authz import Rule as Rule
+from ._authz import RuleAuthorizer as RuleAuthorizer
+from ._authz import param_is_role as param_is_role
+from ._authz import param_is_user as param_is_user
+from ._config import GatewayConfig as GatewayConfig
+from ._connection import Connection as Connection
+from ._exceptions import AuthenticationFailed as AuthenticationFailed
+from ._exceptions import AuthFailureReason as AuthFailureReason
+from ._exceptions import ConfigurationError as ConfigurationError
+from ._exceptions import GatewayError as GatewayError
+from ._exceptions import GatewayNotRunning as GatewayNotRunning
+from ._exceptions import InvalidPayload as InvalidPayload
+from ._exceptions import NotFound as NotFound
+from ._exceptions import PermissionDenied as PermissionDenied
+from ._exceptions import RateLimited as RateLimited
+from ._gateway import Gateway as Gateway
+from ._identity import Handshake as Handshake
+from ._identity import Identity as Identity
+from ._namespace import GatewayNamespace as GatewayNamespace
+from ._namespace import event as event
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AllOf",
+    "AllowAll",
+    "AnyOf",
+    "AuthFailureReason",
+    "AuthenticationFailed",
+    "Authenticator",
+    "Authorizer",
+    "CallbackAuthenticator",
+    "ChainAuthenticator",
+    "ConfigurationError",
+    "Connection",
+    "DenyAll",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayError",
+    "GatewayNamespace",
+    "GatewayNotRunning",
+    "Handshake",
+    "Identity",
+    "InvalidPayload",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "Rule",
+    "RuleAuthorizer",
+    "SignedTokenAuthenticator",
+    "event",
+    "param_is_role",
+    "param_is_user",
+]

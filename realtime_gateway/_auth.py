@@ -1,0 +1,239 @@
+"""Authentication: turn a :class:`Handshake` into an :class:`Identity`, or refuse.
+
+An :class:`Authenticator` has one coroutine, ``authenticate(handshake)``, which
+returns the caller's identity or raises :class:`AuthenticationFailed` with a
+reason category. Built-ins: :class:`SignedTokenAuthenticator` (itsdangerous
+timed tokens), :class:`CallbackAuthenticator` (an application lookup) and
+:class:`ChainAuthenticator` (the first that succeeds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from itsdangerous import BadPayload, BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from ._exceptions import AuthenticationFailed, AuthFailureReason, ConfigurationError
+from ._identity import Handshake, Identity
+
+__all__ = [
+    "Authenticator",
+    "CallbackAuthenticator",
+    "ChainAuthenticator",
+    "SignedTokenAuthenticator",
+]
+
+DEFAULT_COOKIE_NAME = "rtg_session"
+DEFAULT_TOKEN_SALT = "realtime_gateway.session"  # noqa: S105 (a salt, not a secret)
+MIN_SECRET_KEY_LENGTH = 16
+MAX_TOKEN_LENGTH = 8192
+TOKEN_SOURCES = ("auth", "header", "cookie")
+
+# payload.timestamp.signature, base64url; a leading "." marks a compressed payload.
+_TOKEN_SHAPE = re.compile(r"\.?[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+")
+
+
+@runtime_checkable
+class Authenticator(Protocol):
+    """Turns a handshake into an identity.
+
+    Return the :class:`Identity` of the caller, or raise :class:`AuthenticationFailed`
+    with a reason from :class:`AuthFailureReason`. Any other exception is treated as
+    ``AuthFailureReason.ERROR`` and the caller is refused.
+    """
+
+    async def authenticate(self, handshake: Handshake) -> Identity: ...
+
+
+class SignedTokenAuthenticator:
+    """Accepts tokens signed with itsdangerous' ``URLSafeTimedSerializer``.
+
+    ``secret_keys`` lists the keys in use, newest last: tokens are issued with the
+    newest and accepted under any listed key, so a key rotates by appending the new
+    one and, once old tokens have expired, dropping the old. ``salt`` separates these
+    tokens from anything else signed with the same key. ``max_age`` (seconds) bounds a
+    token's life whatever it says of itself.
+
+    The token is read from the first of ``sources`` that carries one: ``"auth"`` (the
+    socket.io auth payload, ``{"token": ...}``), ``"header"`` (``Authorization:
+    Bearer ...``) and ``"cookie"`` (the cookie named ``cookie_name``).
+    """
+
+    def __init__(
+        self,
+        secret_keys: str | bytes | Sequence[str | bytes],
+        *,
+        salt: str,
+        max_age: float | dt.timedelta,
+        cookie_name: str = DEFAULT_COOKIE_NAME,
+        sources: Sequence[str] = TOKEN_SOURCES,
+    ) -> None:
+        keys = [secret_keys] if isinstance(secret_keys, str | bytes) else list(secret_keys)
+        if not keys:
+            raise ConfigurationError("secret_keys", "at least one key is required")
+        for key in keys:
+            if not isinstance(key, str | bytes) or len(key) < MIN_SECRET_KEY_LENGTH:
+                raise ConfigurationError(
+                    "secret_keys", f"each key must be at least {MIN_SECRET_KEY_LENGTH} characters"
+                )
+        if not isinstance(salt, str) or not salt:
+            raise ConfigurationError("salt", "a non-empty salt is required")
+        seconds = max_age.total_seconds() if isinstance(max_age, dt.timedelta) else max_age
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+            raise ConfigurationError("max_age", "must be a positive number of seconds")
+        if not isinstance(cookie_name, str) or not cookie_name:
+            raise ConfigurationError("cookie_name", "must be a non-empty string")
+        unknown = set(sources) - set(TOKEN_SOURCES)
+        if unknown or not sources:
+            raise ConfigurationError("sources", f"must be drawn from {', '.join(TOKEN_SOURCES)}")
+        self.max_age = float(seconds)
+        self.cookie_name = cookie_name
+        self.sources = tuple(sources)
+        self._serializer = URLSafeTimedSerializer(
+            [key.encode() if isinstance(key, str) else key for key in keys], salt=salt
+        )
+
+    async def authenticate(self, handshake: Handshake) -> Identity:
+        """Verify the token the handshake carries and return its identity."""
+        return self.verify(self._find_token(handshake))
+
+    def issue(self, identity: Identity, *, ttl: float | None = None) -> str:
+        """Sign a token for ``identity`` with the newest key.
+
+        ``ttl`` (seconds) shortens the token's life below ``max_age``; an identity's
+        own ``expires_at`` does the same.
+        """
+        expiry = identity.expires_at.timestamp() if identity.expires_at else None
+        if ttl is not None:
+            if ttl <= 0:
+                raise ValueError("ttl must be positive")
+            expiry = min(expiry or float("inf"), time.time() + ttl)
+        claims: dict[str, Any] = {"sub": identity.user_id}
+        if identity.roles:
+            claims["roles"] = sorted(identity.roles)
+        if identity.permissions:
+            claims["perms"] = sorted(identity.permissions)
+        if identity.session_id is not None:
+            claims["sid"] = identity.session_id
+        if identity.display_name is not None:
+            claims["name"] = identity.display_name
+        if expiry is not None:
+            claims["exp"] = int(expiry)
+        if identity.attributes:
+            claims["attrs"] = dict(identity.attributes)
+        token: str = self._serializer.dumps(claims)
+        return token
+
+    def verify(self, token: object) -> Identity:
+        """Return the identity in ``token`` or raise :class:`AuthenticationFailed`."""
+        if token is None or token == "":
+            raise AuthenticationFailed(AuthFailureReason.MISSING)
+        if (
+            not isinstance(token, str)
+            or len(token) > MAX_TOKEN_LENGTH
+            or not _TOKEN_SHAPE.fullmatch(token)
+        ):
+            raise AuthenticationFailed(AuthFailureReason.MALFORMED)
+        try:
+            claims, signed_at = self._serializer.loads(
+                token, max_age=math.ceil(self.max_age), return_timestamp=True
+            )
+        except SignatureExpired:
+            raise AuthenticationFailed(AuthFailureReason.EXPIRED) from None
+        except BadPayload:
+            raise AuthenticationFailed(AuthFailureReason.MALFORMED) from None
+        except BadSignature:
+            raise AuthenticationFailed(AuthFailureReason.BAD_SIGNATURE) from None
+        return self._identity(claims, signed_at)
+
+    def _find_token(self, handshake: Handshake) -> object:
+        for source in self.sources:
+            if source == "auth" and "token" in handshake.auth:
+                return handshake.auth["token"]
+            if source == "header" and handshake.bearer_token is not None:
+                return handshake.bearer_token
+            if source == "cookie" and self.cookie_name in handshake.cookies:
+                return handshake.cookies[self.cookie_name]
+        return None
+
+    def _identity(self, claims: object, signed_at: dt.datetime) -> Identity:
+        if not isinstance(claims, Mapping):
+            raise AuthenticationFailed(AuthFailureReason.MALFORMED)
+        expires_at = signed_at + dt.timedelta(seconds=self.max_age)
+        exp = claims.get("exp")
+        if exp is not None:
+            if isinstance(exp, bool) or not isinstance(exp, int | float):
+                raise AuthenticationFailed(AuthFailureReason.MALFORMED)
+            expires_at = min(expires_at, dt.datetime.fromtimestamp(exp, dt.UTC))
+        if expires_at <= dt.datetime.now(dt.UTC):
+            raise AuthenticationFailed(AuthFailureReason.EXPIRED)
+        try:
+            return Identity(
+                user_id=claims["sub"],
+                roles=_string_list(claims.get("roles", [])),
+                permissions=_string_list(claims.get("perms", [])),
+                session_id=claims.get("sid"),
+                display_name=claims.get("name"),
+                expires_at=expires_at,
+                attributes=claims.get("attrs") or {},
+            )
+        except (KeyError, TypeError, ValueError):
+            raise AuthenticationFailed(AuthFailureReason.MALFORMED) from None
+
+
+def _string_list(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError("expected a list of strings")
+    return value
+
+
+class CallbackAuthenticator:
+    """Authenticates with an application coroutine, e.g. a database session lookup.
+
+    ``callback(handshake)`` returns the :class:`Identity` or ``None`` to refuse
+    (reason ``rejected``); it may also raise :class:`AuthenticationFailed` itself.
+    """
+
+    def __init__(self, callback: Callable[[Handshake], Awaitable[Identity | None]]) -> None:
+        if not callable(callback):
+            raise ConfigurationError("callback", "must be an async callable")
+        self._callback = callback
+
+    async def authenticate(self, handshake: Handshake) -> Identity:
+        """Run the callback; ``None`` means refused."""
+        identity = await self._callback(handshake)
+        if identity is None:
+            raise AuthenticationFailed(AuthFailureReason.REJECTED)
+        if not isinstance(identity, Identity):
+            raise TypeError("an authentication callback must return an Identity or None")
+        return identity
+
+
+class ChainAuthenticator:
+    """Tries each authenticator in turn and returns the first identity.
+
+    When all refuse, the first refusal that is not ``missing`` is raised (it says
+    more about what went wrong), else ``missing``.
+    """
+
+    def __init__(self, *authenticators: Authenticator) -> None:
+        if not authenticators:
+            raise ConfigurationError("authenticators", "at least one is required")
+        self.authenticators = authenticators
+
+    async def authenticate(self, handshake: Handshake) -> Identity:
+        """Return the first identity any authenticator grants."""
+        refusal: AuthenticationFailed | None = None
+        for authenticator in self.authenticators:
+            try:
+                return await authenticator.authenticate(handshake)
+            except AuthenticationFailed as exc:
+                if refusal is None or refusal.reason == AuthFailureReason.MISSING:
+                    refusal = exc
+        assert refusal is not None
+        raise refusal

@@ -1,0 +1,121 @@
+"""Gateway configuration: one frozen, validated attrs class."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._exceptions import ConfigurationError
+
+__all__ = ["GatewayConfig"]
+
+TRANSPORTS = ("polling", "websocket")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigurationError(attribute.name, f"must be a positive number, got {value!r}")
+
+
+def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(attribute.name, f"must be a positive integer, got {value!r}")
+
+
+def _flag(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(attribute.name, f"must be True or False, got {value!r}")
+
+
+def _origins(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _valid_origins(
+    instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...] | None
+) -> None:
+    for origin in value or ():
+        if origin == "*":
+            continue
+        parts = urlsplit(origin) if isinstance(origin, str) else None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.path
+            or parts.query
+        ):
+            raise ConfigurationError(
+                attribute.name,
+                f"{origin!r} is not an origin such as 'https://app.example.com' or '*'",
+            )
+
+
+def _valid_path(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value.startswith("/") or value == "/" or " " in value:
+        raise ConfigurationError(
+            attribute.name, f"must be a path such as '/socket.io', got {value!r}"
+        )
+
+
+def _valid_transports(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not value or any(transport not in TRANSPORTS for transport in value):
+        raise ConfigurationError(
+            attribute.name, f"must be a non-empty selection of {', '.join(TRANSPORTS)}"
+        )
+
+
+def _optional_positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
+
+
+@attrs.frozen(kw_only=True)
+class GatewayConfig:
+    """Settings of a :class:`Gateway`. A bad value raises :class:`ConfigurationError`.
+
+    ``allowed_origins``: origins browsers may connect from. ``None`` (the default)
+    allows the gateway's own origin only; ``"*"`` allows any origin for clients that
+    authenticate with a token, but a handshake carrying cookies must still come from
+    the gateway's own origin or one listed explicitly (cross-site WebSocket hijacking).
+
+    Times are in seconds. ``max_payload_size`` bounds one transport message (bytes);
+    ``max_event_size`` bounds one event's decoded payload (bytes of JSON), above
+    which the event is refused with ``invalid_payload`` and the connection kept.
+    ``rate_limit`` is the sustained events per second one connection may send, with
+    bursts up to ``rate_burst``; ``None`` turns the limit off.
+    """
+
+    allowed_origins: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_origins, validator=_valid_origins
+    )
+    ping_interval: float = attrs.field(default=25.0, validator=_positive)
+    ping_timeout: float = attrs.field(default=20.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=45.0, validator=_positive)
+    path: str = attrs.field(default="/socket.io", validator=_valid_path)
+    transports: tuple[str, ...] = attrs.field(
+        default=TRANSPORTS, converter=tuple, validator=_valid_transports
+    )
+    max_payload_size: int = attrs.field(default=1_000_000, validator=_positive_int)
+    max_event_size: int = attrs.field(default=64 * 1024, validator=_positive_int)
+    compression: bool = attrs.field(default=True, validator=_flag)
+    rate_limit: float | None = attrs.field(default=50.0, validator=_optional_positive)
+    rate_burst: int = attrs.field(default=100, validator=_positive_int)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_event_size > self.max_payload_size:
+            raise ConfigurationError(
+                "max_event_size", "must not exceed max_payload_size"
+            )
+
+    @property
+    def allows_any_origin(self) -> bool:
+        """True when ``"*"`` is among the allowed origins."""
+        return self.allowed_origins is not None and "*" in self.allowed_origins

@@ -1,0 +1,30 @@
+"""In-process counters of what the gateway did. Label values are bounded sets
+(reason categories, error codes, namespaces), never user ids or room names."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """Counters a gateway keeps; ``snapshot()`` returns them as plain JSON data."""
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.auth_failures: Counter[str] = Counter()
+        self.access_denied: Counter[str] = Counter()
+        self.events_received: Counter[str] = Counter()
+        self.events_refused: Counter[str] = Counter()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as a JSON-able dict."""
+        return {
+            "connections_total": self.connections_total,
+            "auth_failures": dict(self.auth_failures),
+            "access_denied": dict(self.access_denied),
+            "events_received": dict(self.events_received),
+            "events_refused": dict(self.events_refused),
+        }

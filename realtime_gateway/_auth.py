@@ -153,12 +153,14 @@ class SignedTokenAuthenticator:
 
     def _find_token(self, handshake: Handshake) -> object:
         for source in self.sources:
-            if source == "auth" and "token" in handshake.auth:
-                return handshake.auth["token"]
-            if source == "header" and handshake.bearer_token is not None:
-                return handshake.bearer_token
-            if source == "cookie" and self.cookie_name in handshake.cookies:
-                return handshake.cookies[self.cookie_name]
+            if source == "auth":
+                token = handshake.auth.get("token")
+            elif source == "header":
+                token = handshake.bearer_token
+            else:
+                token = handshake.cookies.get(self.cookie_name)
+            if token is not None and token != "":
+                return token
         return None
 
     def _identity(self, claims: object, signed_at: dt.datetime) -> Identity:

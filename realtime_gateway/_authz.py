@@ -132,8 +132,9 @@ def _valid_pattern(instance: Rule, attribute: attrs.Attribute[str], value: str) 
     _compile(value)
 
 
-def _non_empty(instance: Rule, attribute: attrs.Attribute[frozenset[str]], value: frozenset[str]
-               ) -> None:
+def _non_empty(
+    instance: Rule, attribute: attrs.Attribute[frozenset[str]], value: frozenset[str]
+) -> None:
     if not value or not all(isinstance(item, str) and item for item in value):
         raise ConfigurationError(attribute.name, "must name at least one non-empty string")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +17,12 @@ TRANSPORTS = ("polling", "websocket")
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ConfigurationError(attribute.name, f"must be a positive number, got {value!r}")
 
 
@@ -51,11 +57,16 @@ def _valid_origins(
             or not parts.netloc
             or parts.path
             or parts.query
+            or parts.fragment
         ):
             raise ConfigurationError(
                 attribute.name,
                 f"{origin!r} is not an origin such as 'https://app.example.com' or '*'",
             )
+
+
+def _names(value: str | Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _valid_path(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -101,7 +112,7 @@ class GatewayConfig:
     connect_timeout: float = attrs.field(default=45.0, validator=_positive)
     path: str = attrs.field(default="/socket.io", validator=_valid_path)
     transports: tuple[str, ...] = attrs.field(
-        default=TRANSPORTS, converter=tuple, validator=_valid_transports
+        default=TRANSPORTS, converter=_names, validator=_valid_transports
     )
     max_payload_size: int = attrs.field(default=1_000_000, validator=_positive_int)
     max_event_size: int = attrs.field(default=64 * 1024, validator=_positive_int)
@@ -111,9 +122,7 @@ class GatewayConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.max_event_size > self.max_payload_size:
-            raise ConfigurationError(
-                "max_event_size", "must not exceed max_payload_size"
-            )
+            raise ConfigurationError("max_event_size", "must not exceed max_payload_size")
 
     @property
     def allows_any_origin(self) -> bool:

@@ -76,9 +76,7 @@ class _GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_eio_connect(self, eio_sid: str, environ: Any) -> Any:
         result = await super()._handle_eio_connect(eio_sid, environ)
         # A timer handle is far lighter than a task per connection.
-        asyncio.get_running_loop().call_later(
-            self._connect_timeout, self._check_joined, eio_sid
-        )
+        asyncio.get_running_loop().call_later(self._connect_timeout, self._check_joined, eio_sid)
         return result
 
     def _check_joined(self, eio_sid: str) -> None:

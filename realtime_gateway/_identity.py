@@ -101,14 +101,17 @@ def _headers(value: Mapping[str, str]) -> CIMultiDictProxy[str]:
 
 
 def _parse_cookies(header: str) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        # One malformed cookie must not hide the others: fall back to a lenient split.
-        pairs = (part.split("=", 1) for part in header.split(";") if "=" in part)
-        return {name.strip(): value.strip() for name, value in pairs if name.strip()}
-    return {name: morsel.value for name, morsel in jar.items()}
+    # Each pair is parsed on its own so that one malformed cookie (set by some other
+    # part of the site) cannot hide the others.
+    cookies: dict[str, str] = {}
+    for part in header.split(";"):
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(part.strip())
+        except CookieError:
+            continue
+        cookies.update((name, morsel.value) for name, morsel in jar.items())
+    return cookies
 
 
 @attrs.frozen(kw_only=True)

@@ -14,6 +14,7 @@ A handler's ``payload`` spec is one of:
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,13 +37,24 @@ _JSON_TYPE_NAMES: dict[type, str] = {
 
 
 def encoded_size(payload: object) -> int:
-    """Bytes the payload takes as compact JSON (what a client had to send)."""
+    """Bytes the payload takes as compact JSON plus binary attachments (what a client
+    had to send); ``sys.maxsize`` for anything that cannot be measured."""
     if isinstance(payload, str):
         return len(payload.encode())
+    binary = 0
+
+    def attachment(value: object) -> None:
+        nonlocal binary
+        if isinstance(value, bytes | bytearray | memoryview):
+            binary += len(value)
+            return
+        raise TypeError
+
     try:
-        return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=attachment)
     except (TypeError, ValueError):
-        return 0
+        return sys.maxsize
+    return len(text.encode()) + binary
 
 
 def parse_payload(spec: PayloadSpec, payload: object) -> Any:
@@ -89,16 +101,23 @@ def _build_attrs(spec: type, payload: object) -> object:
     except InvalidPayload:
         raise
     except (TypeError, ValueError) as exc:
-        name = _failed_field(exc)
+        name = _failed_field(spec, kwargs, exc)
         if name is None:
             raise InvalidPayload("Invalid payload") from None
         raise InvalidPayload(f"Invalid field '{name}'", field=name) from None
 
 
-def _failed_field(exc: Exception) -> str | None:
-    # attrs' validators pass the failing Attribute as the second argument.
+def _failed_field(spec: type, kwargs: Mapping[str, Any], exc: Exception) -> str | None:
+    # attrs' instance_of passes the failing Attribute as the second argument; other
+    # validators only say it in words, so each field's validator is asked in turn.
     for arg in exc.args[1:2]:
         if isinstance(arg, attrs.Attribute):
-            return arg.alias or arg.name
-    field = getattr(exc, "field", None)
-    return field if isinstance(field, str) else None
+            return str(arg.alias or arg.name)
+    for field in attrs.fields(spec):
+        if field.validator is None or field.alias not in kwargs:
+            continue
+        try:
+            field.validator(None, field, kwargs[field.alias])
+        except Exception:
+            return str(field.alias)
+    return None

@@ -88,8 +88,10 @@ def main() -> None:
     print(f"Gateway on http://{args.host}:{args.port} (socket.io path /socket.io)")
     print("Connect with a token in the socket.io auth payload, e.g. for a demo nurse:")
     print(f"  {token}")
-    print("Mint others with the same key: RTG_SECRET_KEY=... python -m realtime_gateway "
-          "token --user-id u1 --role doctor")
+    print(
+        "Mint others with the same key: RTG_SECRET_KEY=... python -m realtime_gateway "
+        "token --user-id u1 --role doctor"
+    )
     web.run_app(app, host=args.host, port=args.port, print=None)
 
 

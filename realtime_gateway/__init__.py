@@ -34,6 +34,9 @@ from ._identity import Handshake as Handshake
 from ._identity import Identity as Identity
 from ._namespace import GatewayNamespace as GatewayNamespace
 from ._namespace import event as event
+from ._rules import REFERENCE_CHANNELS as REFERENCE_CHANNELS
+from ._rules import REFERENCE_RESOURCES as REFERENCE_RESOURCES
+from ._rules import reference_rules as reference_rules
 
 __version__ = "0.1.0.dev0"
 
@@ -60,6 +63,8 @@ __all__ = [
     "InvalidPayload",
     "NotFound",
     "PermissionDenied",
+    "REFERENCE_CHANNELS",
+    "REFERENCE_RESOURCES",
     "RateLimited",
     "Rule",
     "RuleAuthorizer",
@@ -67,4 +72,5 @@ __all__ = [
     "event",
     "param_is_role",
     "param_is_user",
+    "reference_rules",
 ]

@@ -61,9 +61,7 @@ def reference_rules(
     for channel, roles in channels.items():
         rules.append(Rule(actions="subscribe", target=f"channel:{channel}", roles=roles or ()))
     for resource, permission in resources.items():
-        rules.append(
-            Rule(actions="subscribe", target=f"{resource}:{{id}}", permissions=permission)
-        )
+        rules.append(Rule(actions="subscribe", target=f"{resource}:{{id}}", permissions=permission))
     rules.append(
         Rule(
             actions=("join", "send"),

@@ -196,15 +196,18 @@ class Gateway:
                 log(logging.ERROR, "authenticator_failed", error=type(exc).__name__)
                 raise AuthenticationFailed(AuthFailureReason.ERROR) from None
         except AuthenticationFailed as exc:
-            self.metrics.auth_failures[exc.reason] += 1
-            log(
-                logging.WARNING,
-                "auth_failed",
-                namespace=handshake.namespace,
-                reason=exc.reason,
-                remote=handshake.remote_address,
-            )
+            self._refused(handshake, exc)
             raise
+
+    def _refused(self, handshake: Handshake, refusal: AuthenticationFailed) -> None:
+        self.metrics.auth_failures[refusal.reason] += 1
+        log(
+            logging.WARNING,
+            "auth_failed",
+            namespace=handshake.namespace,
+            reason=refusal.reason,
+            remote=handshake.remote_address,
+        )
 
     async def authorize(self, identity: Identity, action: str, target: str) -> None:
         """Ask the authorizer; a refusal raises :class:`PermissionDenied` (counted, logged)."""
@@ -245,9 +248,9 @@ class Gateway:
             if handshake.cookies and not self._origins.credentials_allowed(
                 handshake.origin, environ
             ):
-                self.metrics.auth_failures[AuthFailureReason.ORIGIN] += 1
-                log(logging.WARNING, "auth_failed", namespace=namespace, reason="origin")
-                raise AuthenticationFailed(AuthFailureReason.ORIGIN)
+                refusal = AuthenticationFailed(AuthFailureReason.ORIGIN)
+                self._refused(handshake, refusal)
+                raise refusal
             identity = await self.authenticate(handshake)
             await self.authorize(identity, "connect", namespace)
         except AuthenticationFailed as exc:

@@ -249,49 +249,42 @@ async def test_deny_all_refuses_every_connect(
 # -- origin ------------------------------------------------------------------------
 
 
-async def test_cookie_handshake_from_foreign_origin_is_refused_by_default(
+OWN = "own origin"
+LISTED = ("https://app.example.com",)
+
+
+@pytest.mark.parametrize(
+    ("allowed", "origin", "accepted"),
+    [
+        (None, "http://evil.example", False),
+        (None, OWN, True),
+        (LISTED, "https://app.example.com", True),
+        (LISTED, "https://other.example.com", False),
+        (LISTED, OWN, True),
+    ],
+)
+async def test_cookie_handshakes_need_an_allowed_origin(
     server_kind: str,
     transport: str,
+    allowed: tuple[str, ...] | None,
+    origin: str,
+    accepted: bool,
     authenticator: SignedTokenAuthenticator,
     clients: Clients,
 ) -> None:
     token = authenticator.issue(Identity(user_id="u1"))
-    cookie = {"Cookie": f"rtg_session={token}"}
-    gateway = make_gateway(authenticator)
+    gateway = make_gateway(authenticator, config=quick_config(allowed_origins=allowed))
     async with clients.serve(gateway, server_kind) as server:
-        await clients.refusal(
-            server.url,
-            transport=transport,
-            headers={**cookie, "Origin": "http://evil.example"},
-        )
-        assert gateway.connections == {}
-        # The gateway's own origin is allowed.
-        await clients.connect(
-            server.url, transport=transport, headers={**cookie, "Origin": server.url}
-        )
-        assert len(gateway.connections) == 1
-
-
-async def test_configured_origins_are_honoured(
-    server_kind: str,
-    transport: str,
-    authenticator: SignedTokenAuthenticator,
-    clients: Clients,
-) -> None:
-    token = authenticator.issue(Identity(user_id="u1"))
-    cookie = {"Cookie": f"rtg_session={token}"}
-    config = quick_config(allowed_origins=["https://app.example.com"])
-    async with clients.serve(make_gateway(authenticator, config=config), server_kind) as server:
-        await clients.connect(
-            server.url,
-            transport=transport,
-            headers={**cookie, "Origin": "https://app.example.com"},
-        )
-        await clients.refusal(
-            server.url,
-            transport=transport,
-            headers={**cookie, "Origin": "https://other.example.com"},
-        )
+        headers = {
+            "Cookie": f"rtg_session={token}",
+            "Origin": server.url if origin == OWN else origin,
+        }
+        if accepted:
+            await clients.connect(server.url, transport=transport, headers=headers)
+            assert len(gateway.connections) == 1
+        else:
+            await clients.refusal(server.url, transport=transport, headers=headers)
+            assert gateway.connections == {}
 
 
 async def test_wildcard_origin_still_refuses_cookie_handshakes(

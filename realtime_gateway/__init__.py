@@ -34,6 +34,19 @@ from ._identity import Handshake as Handshake
 from ._identity import Identity as Identity
 from ._namespace import GatewayNamespace as GatewayNamespace
 from ._namespace import event as event
+from ._namespace import role_room as role_room
+from ._namespace import user_room as user_room
+from ._namespaces import NOTIFICATION_TYPES as NOTIFICATION_TYPES
+from ._namespaces import ChatMessageIn as ChatMessageIn
+from ._namespaces import ChatNamespace as ChatNamespace
+from ._namespaces import MainNamespace as MainNamespace
+from ._namespaces import NotificationsNamespace as NotificationsNamespace
+from ._namespaces import UpdatesNamespace as UpdatesNamespace
+from ._namespaces import default_namespaces as default_namespaces
+from ._namespaces import make_notification as make_notification
+from ._registry import ConnectionInfo as ConnectionInfo
+from ._registry import MemoryRegistry as MemoryRegistry
+from ._registry import Registry as Registry
 from ._rules import REFERENCE_CHANNELS as REFERENCE_CHANNELS
 from ._rules import REFERENCE_RESOURCES as REFERENCE_RESOURCES
 from ._rules import reference_rules as reference_rules
@@ -50,8 +63,11 @@ __all__ = [
     "Authorizer",
     "CallbackAuthenticator",
     "ChainAuthenticator",
+    "ChatMessageIn",
+    "ChatNamespace",
     "ConfigurationError",
     "Connection",
+    "ConnectionInfo",
     "DenyAll",
     "Gateway",
     "GatewayConfig",
@@ -61,16 +77,26 @@ __all__ = [
     "Handshake",
     "Identity",
     "InvalidPayload",
+    "MainNamespace",
+    "MemoryRegistry",
+    "NOTIFICATION_TYPES",
     "NotFound",
+    "NotificationsNamespace",
     "PermissionDenied",
     "REFERENCE_CHANNELS",
     "REFERENCE_RESOURCES",
     "RateLimited",
+    "Registry",
     "Rule",
     "RuleAuthorizer",
     "SignedTokenAuthenticator",
+    "UpdatesNamespace",
+    "default_namespaces",
     "event",
+    "make_notification",
     "param_is_role",
     "param_is_user",
     "reference_rules",
+    "role_room",
+    "user_room",
 ]

@@ -102,6 +102,10 @@ class GatewayConfig:
     which the event is refused with ``invalid_payload`` and the connection kept.
     ``rate_limit`` is the sustained events per second one connection may send, with
     bursts up to ``rate_burst``; ``None`` turns the limit off.
+
+    ``max_message_length`` caps a chat message's content (characters).
+    ``reconnect_window``: a user's new socket in a namespace counts as a reconnection
+    when their previous one there left less than this many seconds before.
     """
 
     allowed_origins: tuple[str, ...] | None = attrs.field(
@@ -119,6 +123,8 @@ class GatewayConfig:
     compression: bool = attrs.field(default=True, validator=_flag)
     rate_limit: float | None = attrs.field(default=50.0, validator=_optional_positive)
     rate_burst: int = attrs.field(default=100, validator=_positive_int)
+    max_message_length: int = attrs.field(default=4000, validator=_positive_int)
+    reconnect_window: float = attrs.field(default=60.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.max_event_size > self.max_payload_size:

@@ -16,7 +16,11 @@ class Connection:
     """A live socket: who it is, where it connected, and when it last spoke.
 
     ``sid`` is python-socketio's per-namespace socket id, the id clients see as
-    ``socket.id``.
+    ``socket.id``. ``connected_at`` and ``last_activity`` are Unix times. ``rooms``
+    maps each room the socket is in to the action that admitted it there
+    (``"join"``, ``"subscribe"``, ...) or ``None`` for the rooms the gateway puts
+    every socket in (``user:{id}``, ``role:{role}``); reauthorization re-checks the
+    former and the latter cannot be left.
     """
 
     sid: str
@@ -24,13 +28,14 @@ class Connection:
     identity: Identity
     handshake: Handshake = attrs.field(repr=False)
     connected_at: float = attrs.field(factory=time.time)
-    last_activity: float = attrs.field(factory=time.monotonic)
+    last_activity: float = attrs.field(factory=time.time)
+    rooms: dict[str, str | None] = attrs.field(factory=dict)
     _tokens: float | None = attrs.field(default=None, repr=False)
     _refilled: float = attrs.field(factory=time.monotonic, repr=False)
 
     def touch(self) -> None:
         """Record activity now."""
-        self.last_activity = time.monotonic()
+        self.last_activity = time.time()
 
     def take_token(self, rate: float, burst: int) -> bool:
         """Spend one event from a token bucket of ``burst`` refilled at ``rate``/s."""

@@ -21,14 +21,23 @@ from ._exceptions import (
     ConfigurationError,
     GatewayError,
     GatewayNotRunning,
+    InvalidPayload,
+    NotFound,
     PermissionDenied,
 )
 from ._identity import Handshake, Identity
 from ._log import log
 from ._metrics import Metrics
-from ._namespace import GatewayNamespace
+from ._namespace import GatewayNamespace, role_room, user_room
+from ._namespaces import UpdatesNamespace, make_notification
+from ._registry import ConnectionInfo, MemoryRegistry, Registry
 
 __all__ = ["Gateway"]
+
+# Events socket.io clients reserve for themselves.
+_RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
 
 ASGIApp = Any  # an ASGI application callable; kept loose to avoid an ASGI typing dependency
 
@@ -79,6 +88,19 @@ class _GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         asyncio.get_running_loop().call_later(self._connect_timeout, self._check_joined, eio_sid)
         return result
 
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        # The client now has its CONNECT packet: events emitted from here on reach it.
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        handler = self.namespace_handlers.get(namespace)
+        if (
+            sid is not None
+            and isinstance(handler, GatewayNamespace)
+            and self.manager.is_connected(sid, namespace)
+        ):
+            await handler._ready(sid)
+
     def _check_joined(self, eio_sid: str) -> None:
         if eio_sid not in self.environ:
             return
@@ -95,7 +117,13 @@ class Gateway:
     Every namespace connection is authenticated by ``authenticator`` and then
     authorized (action ``connect``, target the namespace) by ``authorizer``.
     Mount with :meth:`attach` (aiohttp) or :meth:`asgi_app` (Starlette, FastAPI,
-    any ASGI app).
+    any ASGI app). ``registry`` records the live sockets (a
+    :class:`MemoryRegistry` by default).
+
+    The publish API (:meth:`broadcast`, :meth:`emit_to_room`, :meth:`emit_to_user`,
+    :meth:`emit_to_role`, :meth:`notify_user`, :meth:`notify_role`,
+    :meth:`publish_update`) raises :class:`NotFound` for a namespace the gateway
+    does not serve and :class:`InvalidPayload` for a bad argument, naming it.
     """
 
     def __init__(
@@ -105,14 +133,20 @@ class Gateway:
         authorizer: Authorizer,
         config: GatewayConfig | None = None,
         namespaces: Iterable[GatewayNamespace] = (),
+        registry: Registry | None = None,
     ) -> None:
         if not isinstance(authenticator, Authenticator):
             raise ConfigurationError("authenticator", "must have an async authenticate()")
         if not isinstance(authorizer, Authorizer):
             raise ConfigurationError("authorizer", "must have an async authorize()")
+        if registry is not None and not isinstance(registry, Registry):
+            raise ConfigurationError("registry", "must implement the Registry protocol")
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.config = config or GatewayConfig()
+        self.registry: Registry = registry or MemoryRegistry(
+            reconnect_window=self.config.reconnect_window
+        )
         self.metrics = Metrics()
         self._origins = _OriginPolicy(self.config.allowed_origins)
         self._namespaces: dict[str, GatewayNamespace] = {}
@@ -264,6 +298,8 @@ class Gateway:
         conn = Connection(sid=sid, namespace=namespace, identity=identity, handshake=handshake)
         self._connections[sid] = conn
         self.metrics.connections_total += 1
+        if await self.registry.add(conn):
+            self.metrics.reconnections += 1
         log(
             logging.INFO,
             "connect",
@@ -274,16 +310,206 @@ class Gateway:
         )
         return conn
 
-    async def _forget(self, sid: str, *, reason: str) -> Connection | None:
+    async def _forget(self, sid: str, *, reason: str) -> tuple[Connection, frozenset[str]] | None:
+        """Drop ``sid`` from the gateway and its registry; returns the connection and
+        the rooms its user is no longer present in, or ``None`` if it was unknown."""
         conn = self._connections.pop(sid, None)
-        if conn is not None:
-            log(
-                logging.INFO,
-                "disconnect",
-                sid=sid,
-                user=conn.identity.user_id,
-                namespace=conn.namespace,
-                reason=reason,
-                duration_s=round(time.time() - conn.connected_at, 3),
-            )
-        return conn
+        if conn is None:
+            return None
+        gone = await self.registry.remove(sid)
+        log(
+            logging.INFO,
+            "disconnect",
+            sid=sid,
+            user=conn.identity.user_id,
+            namespace=conn.namespace,
+            reason=reason,
+            duration_s=round(time.time() - conn.connected_at, 3),
+        )
+        return conn, gone
+
+    def _transport_open(self, sid: str, namespace: str) -> bool:
+        server = self.server
+        try:
+            eio_sid = server.manager.eio_sid_from_sid(sid, namespace)
+        except KeyError:
+            return False
+        return eio_sid is not None and eio_sid in server.environ
+
+    # -- the registry's view ------------------------------------------------------
+
+    async def is_user_connected(self, user_id: str) -> bool:
+        """True if ``user_id`` has at least one connected socket."""
+        return bool(await self.registry.user_sockets(user_id))
+
+    async def user_sockets(self, user_id: str) -> list[ConnectionInfo]:
+        """The connected sockets of ``user_id``, in every namespace."""
+        return await self.registry.user_sockets(user_id)
+
+    async def connection_info(self, sid: str) -> ConnectionInfo | None:
+        """What the registry knows of socket ``sid``: identity, namespace, rooms, times."""
+        return await self.registry.get(sid)
+
+    async def presence(self, room: str, *, namespace: str = "/") -> frozenset[str]:
+        """The ids of the users present in ``room`` of ``namespace`` (a user with
+        several sockets there counts once)."""
+        return await self.registry.presence(namespace, room)
+
+    # -- publishing ----------------------------------------------------------------
+
+    async def broadcast(self, event: str, data: Any = None, *, namespace: str = "/") -> None:
+        """Send ``event`` to every socket of ``namespace``."""
+        await self._emit("broadcast", event, data, namespace=namespace)
+
+    async def emit_to_room(
+        self,
+        room: str,
+        event: str,
+        data: Any = None,
+        *,
+        namespace: str = "/",
+        skip_sid: str | None = None,
+    ) -> None:
+        """Send ``event`` to every socket in ``room`` of ``namespace``."""
+        if not isinstance(room, str) or not room:
+            raise InvalidPayload("room must be a non-empty string", field="room")
+        await self._emit("room", event, data, namespace=namespace, room=room, skip_sid=skip_sid)
+
+    async def emit_to_user(
+        self, user_id: str, event: str, data: Any = None, *, namespace: str = "/"
+    ) -> None:
+        """Send ``event`` to every socket ``user_id`` has in ``namespace``."""
+        if not isinstance(user_id, str) or not user_id:
+            raise InvalidPayload("userId must be a non-empty string", field="userId")
+        await self._emit("user", event, data, namespace=namespace, room=user_room(user_id))
+
+    async def emit_to_role(
+        self, role: str, event: str, data: Any = None, *, namespace: str = "/"
+    ) -> None:
+        """Send ``event`` to every socket in ``namespace`` of a user holding ``role``."""
+        if not isinstance(role, str) or not role:
+            raise InvalidPayload("role must be a non-empty string", field="role")
+        await self._emit("role", event, data, namespace=namespace, room=role_room(role))
+
+    async def notify_user(
+        self,
+        user_id: str,
+        title: str,
+        message: str,
+        *,
+        type: str = "info",
+        data: Mapping[str, Any] | None = None,
+        namespace: str = "/notifications",
+    ) -> dict[str, Any]:
+        """Send a ``notification`` ``{id, type, title, message, data, timestamp}`` to
+        every socket of ``user_id`` in ``namespace``; returns the notification."""
+        if not isinstance(user_id, str) or not user_id:
+            raise InvalidPayload("userId must be a non-empty string", field="userId")
+        note = make_notification(title, message, type=type, data=data)
+        await self._emit(
+            "notification", "notification", note, namespace=namespace, room=user_room(user_id)
+        )
+        return note
+
+    async def notify_role(
+        self,
+        role: str,
+        title: str,
+        message: str,
+        *,
+        type: str = "info",
+        data: Mapping[str, Any] | None = None,
+        namespace: str = "/notifications",
+    ) -> dict[str, Any]:
+        """Send a ``notification`` to every socket in ``namespace`` of a user holding
+        ``role``; returns the notification."""
+        if not isinstance(role, str) or not role:
+            raise InvalidPayload("role must be a non-empty string", field="role")
+        note = make_notification(title, message, type=type, data=data)
+        await self._emit(
+            "notification", "notification", note, namespace=namespace, room=role_room(role)
+        )
+        return note
+
+    async def publish_update(
+        self,
+        resource_type: str,
+        resource_id: str | int,
+        update_type: str,
+        data: Any = None,
+        *,
+        namespace: str = "/updates",
+    ) -> dict[str, Any]:
+        """Send ``{type}:update`` ``{{type}Id, updateType, data, timestamp}`` to the
+        subscribers of that resource in ``namespace`` (an :class:`UpdatesNamespace`);
+        returns the update."""
+        updates = self._namespaces.get(namespace)
+        if not isinstance(updates, UpdatesNamespace):
+            raise NotFound(f"No updates namespace at {namespace}")
+        event, room, update = updates.update(resource_type, resource_id, update_type, data)
+        await self._emit("update", event, update, namespace=namespace, room=room)
+        return update
+
+    async def _emit(
+        self,
+        kind: str,
+        event: str,
+        data: Any,
+        *,
+        namespace: str,
+        room: str | None = None,
+        skip_sid: str | None = None,
+    ) -> None:
+        if not isinstance(event, str) or not event or event in _RESERVED_EVENTS:
+            raise InvalidPayload("event must be a non-reserved, non-empty string", field="event")
+        if namespace not in self._namespaces:
+            raise NotFound(f"Unknown namespace {namespace}")
+        await self.server.emit(event, data, to=room, skip_sid=skip_sid, namespace=namespace)
+        self.metrics.emits[kind] += 1
+
+    # -- control ---------------------------------------------------------------------
+
+    async def disconnect_socket(self, sid: str) -> bool:
+        """Disconnect socket ``sid`` (the client is told, and does not reconnect on its
+        own); ``False`` if no such socket is connected here."""
+        conn = self._connections.get(sid)
+        if conn is None:
+            return False
+        await self.server.disconnect(sid, namespace=conn.namespace)
+        return True
+
+    async def disconnect_user(self, user_id: str) -> int:
+        """Disconnect every socket of ``user_id``; returns how many there were."""
+        count = 0
+        for info in await self.registry.user_sockets(user_id):
+            count += await self.disconnect_socket(info.sid)
+        return count
+
+    async def reauthorize(
+        self, user_id: str, identity: Identity | None = None
+    ) -> dict[str, list[str]]:
+        """Re-run authorization for every socket of ``user_id``, with ``identity`` if
+        given (after a role change, say). A socket that may no longer connect to its
+        namespace, or whose identity has expired, is disconnected; otherwise it
+        leaves every room it may no longer be in and its client gets
+        ``access:revoked`` ``{room}``. Returns the rooms left, by socket id."""
+        if identity is not None and identity.user_id != user_id:
+            raise ValueError("identity is of another user")
+        revoked: dict[str, list[str]] = {}
+        for info in await self.registry.user_sockets(user_id):
+            conn = self._connections.get(info.sid)
+            namespace = self._namespaces.get(info.namespace)
+            if conn is None or namespace is None:
+                continue
+            if identity is not None:
+                conn.identity = identity
+            if conn.identity.is_expired() or not await self.is_allowed(
+                conn.identity, "connect", conn.namespace
+            ):
+                await self.disconnect_socket(conn.sid)
+                revoked[conn.sid] = sorted(conn.rooms)
+                continue
+            left = await namespace.reauthorize(conn)
+            if left:
+                revoked[conn.sid] = left
+        return revoked

@@ -14,6 +14,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.connections_total = 0
+        self.reconnections = 0
+        self.emits: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.access_denied: Counter[str] = Counter()
         self.events_received: Counter[str] = Counter()
@@ -23,6 +25,8 @@ class Metrics:
         """The counters as a JSON-able dict."""
         return {
             "connections_total": self.connections_total,
+            "reconnections": self.reconnections,
+            "emits": dict(self.emits),
             "auth_failures": dict(self.auth_failures),
             "access_denied": dict(self.access_denied),
             "events_received": dict(self.events_received),

@@ -1,23 +1,35 @@
 """The base class of every namespace a gateway serves.
 
-Subclasses declare handlers with :func:`event`; each handler gets the socket's
+Subclasses declare handlers with :func:`event` (or :meth:`GatewayNamespace.add_event`
+for names known only at run time); each handler gets the socket's
 :class:`Connection` and the validated payload, and returns the fields of a
 success acknowledgement (or ``None``). Raising a :class:`GatewayError` answers
 ``{"success": false, "error": ..., "code": ...}``; any other exception answers
 ``internal`` without details and leaves the connection up.
+
+Every socket is put in its user's room ``user:{id}`` and a ``role:{role}`` room per
+role when it connects, so the gateway can reach a user or a role in any namespace.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 import socketio
 
+from ._clock import iso_timestamp
 from ._connection import Connection
-from ._exceptions import GatewayError, GatewayNotRunning, InvalidPayload, NotFound, RateLimited
+from ._exceptions import (
+    GatewayError,
+    GatewayNotRunning,
+    InvalidPayload,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+)
 from ._identity import Identity
 from ._log import log
 from ._payload import PayloadSpec, encoded_size, parse_payload
@@ -25,7 +37,7 @@ from ._payload import PayloadSpec, encoded_size, parse_payload
 if TYPE_CHECKING:
     from ._gateway import Gateway
 
-__all__ = ["GatewayNamespace", "event", "failure", "success"]
+__all__ = ["GatewayNamespace", "event", "failure", "role_room", "success", "user_room"]
 
 Ack = dict[str, Any]
 Handler = Callable[..., Awaitable[Mapping[str, Any] | None]]
@@ -62,6 +74,16 @@ def event(
     return decorate
 
 
+def user_room(user_id: str) -> str:
+    """The room every socket of ``user_id`` is in, in every namespace."""
+    return f"user:{user_id}"
+
+
+def role_room(role: str) -> str:
+    """The room every socket of a user holding ``role`` is in, in every namespace."""
+    return f"role:{role}"
+
+
 def success(fields: Mapping[str, Any] | None = None) -> Ack:
     """A success acknowledgement: ``{"success": true, **fields}``."""
     return {"success": True, **(fields or {})}
@@ -78,12 +100,20 @@ def failure(error: GatewayError) -> Ack:
 class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     """A socket.io namespace whose every socket is authenticated.
 
-    Register instances with :meth:`Gateway.add_namespace`. Override
-    :meth:`on_connected` / :meth:`on_disconnected` for per-socket set-up and
-    clean-up, and declare events with :func:`event`.
+    Register instances with :meth:`Gateway.add_namespace`. Override the hooks
+    :meth:`on_connected` (admission; raising refuses), :meth:`on_ready` (the client
+    knows it is connected: welcome events go here), :meth:`on_disconnected` and
+    :meth:`on_presence`; declare events with :func:`event`; put sockets in rooms
+    with :meth:`join` and take them out with :meth:`leave`.
+
+    ``announce_presence``: when true, a room hears ``presence:join`` /
+    ``presence:leave`` ``{room, userId, userName, timestamp}`` when a user's first
+    socket joins it or their last socket leaves it (never for the ``user:`` and
+    ``role:`` rooms every socket is in).
     """
 
-    _events: dict[str, tuple[str, _EventSpec]] = {}  # noqa: RUF012 (rebuilt per subclass)
+    announce_presence: ClassVar[bool] = False
+    _events: ClassVar[dict[str, tuple[str, _EventSpec]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -100,6 +130,9 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise ValueError(f"a namespace starts with '/', got {namespace!r}")
         super().__init__(namespace)
         self._gateway: Gateway | None = None
+        self._handlers: dict[str, tuple[Handler, _EventSpec]] = {
+            name: (getattr(self, attr), spec) for name, (attr, spec) in self._events.items()
+        }
 
     @property
     def gateway(self) -> Gateway:
@@ -114,10 +147,26 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise ValueError(f"namespace {self.namespace} is already bound to another gateway")
         self._gateway = gateway
 
+    def add_event(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        payload: PayloadSpec = None,
+        max_size: int | None = None,
+    ) -> None:
+        """Handle event ``name`` with the coroutine ``handler(conn, value)`` on this
+        instance only, like a method decorated with :func:`event`."""
+        if not isinstance(name, str) or not name or name in _RESERVED:
+            raise ValueError(f"invalid event name {name!r}")
+        if name in self._handlers:
+            raise ValueError(f"event {name!r} already has a handler")
+        self._handlers[name] = (handler, _EventSpec(name, payload, max_size))
+
     @property
     def event_names(self) -> frozenset[str]:
         """The events this namespace handles."""
-        return frozenset(self._events)
+        return frozenset(self._handlers)
 
     def identity(self, sid: str) -> Identity:
         """The identity of socket ``sid`` in this namespace."""
@@ -130,11 +179,114 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise NotFound("No such connection")
         return conn
 
+    # -- rooms ------------------------------------------------------------------
+
+    async def join(self, conn: Connection, room: str, *, action: str | None = "join") -> bool:
+        """Put ``conn`` in ``room``, first asking the authorizer for ``action`` on the
+        room (raising :class:`PermissionDenied`); ``action=None`` skips the check and
+        makes the room one the client cannot leave. Joining a room twice is a no-op.
+        Returns ``True`` if the socket's user became present in the room."""
+        server = self.gateway.server
+        if server.manager.is_sid_room(self.namespace, room):
+            # Every socket has a room named by its sid: its private channel.
+            raise PermissionDenied(action or "join", room, "a socket's own room")
+        if action is not None:
+            await self.gateway.authorize(conn.identity, action, room)
+        if room in conn.rooms:
+            return False
+        await server.enter_room(conn.sid, room, namespace=self.namespace)
+        conn.rooms[room] = action
+        present = await self.gateway.registry.join(conn.sid, room)
+        if present:
+            await self._announce(conn, room, joined=True)
+        return present
+
+    async def leave(self, conn: Connection, room: str) -> bool:
+        """Take ``conn`` out of ``room``. Raises :class:`NotFound` if the socket is not
+        in it and :class:`PermissionDenied` for a room it cannot leave (its user and
+        role rooms), so a bad request changes nothing. Returns ``True`` if the
+        socket's user is no longer present in the room."""
+        if room not in conn.rooms:
+            raise NotFound("Not in that room")
+        if conn.rooms[room] is None:
+            raise PermissionDenied("leave", room, "the gateway's own rooms cannot be left")
+        return await self._remove_from(conn, room)
+
+    async def _remove_from(self, conn: Connection, room: str) -> bool:
+        del conn.rooms[room]
+        await self.gateway.server.leave_room(conn.sid, room, namespace=self.namespace)
+        gone = await self.gateway.registry.leave(conn.sid, room)
+        if gone:
+            await self._announce(conn, room, joined=False)
+        return gone
+
+    async def reauthorize(self, conn: Connection) -> list[str]:
+        """Re-check every room ``conn`` is in against its (possibly new) identity:
+        leave the rooms no longer allowed, telling the client ``access:revoked``
+        ``{room}``, and join role rooms for roles newly held. Returns the rooms left."""
+        identity = conn.identity
+        revoked: list[str] = []
+        for room, action in list(conn.rooms.items()):
+            if action is None:
+                allowed = not room.startswith("role:") or room[5:] in identity.roles
+            else:
+                allowed = await self.gateway.is_allowed(identity, action, room)
+            if not allowed:
+                await self._remove_from(conn, room)
+                revoked.append(room)
+                await self.gateway.server.emit(
+                    "access:revoked", {"room": room}, to=conn.sid, namespace=self.namespace
+                )
+        for role in sorted(identity.roles):
+            await self.join(conn, role_room(role), action=None)
+        return revoked
+
+    async def _announce(self, conn: Connection, room: str, *, joined: bool) -> None:
+        try:
+            await self.on_presence(conn, room, joined=joined)
+        except Exception as exc:
+            log(
+                logging.ERROR,
+                "presence_hook_failed",
+                sid=conn.sid,
+                namespace=self.namespace,
+                error=type(exc).__name__,
+            )
+
+    def _system_room(self, conn: Connection, room: str) -> bool:
+        return room == user_room(conn.identity.user_id) or room.startswith("role:")
+
+    # -- hooks ------------------------------------------------------------------
+
     async def on_connected(self, conn: Connection) -> None:
         """Hook: the socket authenticated and was admitted. Raising refuses it."""
 
+    async def on_ready(self, conn: Connection) -> None:
+        """Hook: the client has been told it is connected; events emitted here reach it."""
+
     async def on_disconnected(self, conn: Connection, reason: str) -> None:
         """Hook: the socket left, for any reason."""
+
+    async def on_presence(self, conn: Connection, room: str, *, joined: bool) -> None:
+        """Hook: ``conn``'s user became present in ``room`` (``joined``) or is no
+        longer there. By default announces it to the room when
+        ``announce_presence`` is set."""
+        if not self.announce_presence or self._system_room(conn, room):
+            return
+        await self.gateway.server.emit(
+            "presence:join" if joined else "presence:leave",
+            {
+                "room": room,
+                "userId": conn.identity.user_id,
+                "userName": conn.identity.name,
+                "timestamp": iso_timestamp(),
+            },
+            room=room,
+            skip_sid=conn.sid,
+            namespace=self.namespace,
+        )
+
+    # -- python-socketio's entry points ------------------------------------------
 
     async def trigger_event(self, event_name: str, *args: Any) -> Any:
         """Route python-socketio's events; not for application use."""
@@ -149,6 +301,9 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         conn = await self.gateway._admit(sid, self.namespace, environ, auth)
         try:
+            await self.join(conn, user_room(conn.identity.user_id), action=None)
+            for role in sorted(conn.identity.roles):
+                await self.join(conn, role_room(role), action=None)
             await self.on_connected(conn)
         except Exception as exc:
             await self.gateway._forget(sid, reason="setup failed")
@@ -162,11 +317,34 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(
                 "Connection setup failed", {"code": "internal"}
             ) from None
+        if not self.gateway._transport_open(sid, self.namespace):
+            # The client went away while it was being admitted; python-socketio does
+            # not report the disconnect of a socket that never finished connecting.
+            await self.gateway._forget(sid, reason="transport closed")
+            raise socketio.exceptions.ConnectionRefusedError("Transport closed")
 
-    async def _disconnect(self, sid: str, reason: str) -> None:
-        conn = await self.gateway._forget(sid, reason=str(reason))
+    async def _ready(self, sid: str) -> None:
+        conn = self.gateway.connection(sid)
         if conn is None:
             return
+        try:
+            await self.on_ready(conn)
+        except Exception as exc:
+            log(
+                logging.ERROR,
+                "ready_hook_failed",
+                sid=sid,
+                namespace=self.namespace,
+                error=type(exc).__name__,
+            )
+
+    async def _disconnect(self, sid: str, reason: str) -> None:
+        found = await self.gateway._forget(sid, reason=str(reason))
+        if found is None:
+            return
+        conn, gone = found
+        for room in sorted(gone):
+            await self._announce(conn, room, joined=False)
         try:
             await self.on_disconnected(conn, str(reason))
         except Exception as exc:
@@ -189,13 +367,13 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 config.rate_limit, config.rate_burst
             ):
                 raise RateLimited("Too many events, slow down")
-            attr, spec = self._lookup(event_name)
+            handler, spec = self._lookup(event_name)
             payload = args[0] if len(args) == 1 else (list(args) if args else None)
             limit = spec.max_size if spec.max_size is not None else config.max_event_size
             if encoded_size(payload) > limit:
                 raise InvalidPayload(f"Payload too large (limit {limit} bytes)")
             value = parse_payload(spec.payload, payload)
-            result = await getattr(self, attr)(conn, value)
+            result = await handler(conn, value)
             return success(result)
         except GatewayError as exc:
             metrics.events_refused[exc.code] += 1
@@ -207,13 +385,13 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 "handler_failed",
                 sid=sid,
                 namespace=self.namespace,
-                event=event_name if event_name in self._events else None,
+                event=event_name if event_name in self._handlers else None,
                 error=type(exc).__name__,
             )
             return failure(GatewayError("Internal error"))
 
-    def _lookup(self, event_name: str) -> tuple[str, _EventSpec]:
-        found = self._events.get(event_name) if isinstance(event_name, str) else None
+    def _lookup(self, event_name: str) -> tuple[Handler, _EventSpec]:
+        found = self._handlers.get(event_name) if isinstance(event_name, str) else None
         if found is None:
             raise NotFound("Unknown event")
         return found

@@ -18,12 +18,25 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from realtime_gateway import Gateway, Identity, SignedTokenAuthenticator
+from realtime_gateway import Gateway, GatewayConfig, Identity, SignedTokenAuthenticator
 
 SECRET = "test-secret-key-0123456789abcdef"
 SALT = "tests.session"
 SERVER_KINDS = ("aiohttp", "asgi")
 TRANSPORTS = ("websocket", "polling")
+
+
+def quick_config(**settings: Any) -> GatewayConfig:
+    """Settings that keep teardown quick: a long-poll returns within a second (a closed
+    polling client waits for it) and a refused client's lingering transport is closed
+    after a second (as with Node's socket.io, it otherwise waits for connect_timeout)."""
+    defaults: dict[str, Any] = {
+        "rate_limit": None,
+        "ping_interval": 1,
+        "ping_timeout": 1,
+        "connect_timeout": 1,
+    }
+    return GatewayConfig(**{**defaults, **settings})
 
 
 @pytest.fixture
@@ -154,7 +167,7 @@ class Clients:
         for name, handler in (handlers or {}).items():
             for namespace in namespaces:
                 client.on(name, handler, namespace=namespace)
-        self._open.append(client)
+        self.adopt(client)
         await client.connect(
             url,
             namespaces=list(namespaces),
@@ -164,6 +177,10 @@ class Clients:
             wait_timeout=5,
         )
         return client
+
+    def adopt(self, client: socketio.AsyncClient) -> None:
+        """Close ``client`` with the others at the end of the test."""
+        self._open.append(client)
 
     async def refusal(
         self,

@@ -26,7 +26,7 @@ from realtime_gateway import (
     event,
 )
 
-from .conftest import SALT, SECRET, Clients, call, until
+from .conftest import SALT, SECRET, Clients, call, quick_config, until
 
 
 @attrs.frozen
@@ -79,19 +79,6 @@ class Probe(GatewayNamespace):
     @event("denied:thing")
     async def denied(self, conn: Connection, payload: Any) -> None:
         raise PermissionDenied("touch", "thing")
-
-
-def quick_config(**settings: Any) -> GatewayConfig:
-    """Settings that keep teardown quick: a long-poll returns within a second (a closed
-    polling client waits for it) and a refused client's lingering transport is closed
-    after a second (as with Node's socket.io, it otherwise waits for connect_timeout)."""
-    defaults: dict[str, Any] = {
-        "rate_limit": None,
-        "ping_interval": 1,
-        "ping_timeout": 1,
-        "connect_timeout": 1,
-    }
-    return GatewayConfig(**{**defaults, **settings})
 
 
 def make_gateway(

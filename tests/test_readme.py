@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,18 @@ async def test_quick_start(clients: Clients) -> None:
     try:
         port = runner.addresses[0][1]
         token = gateway.authenticator.issue(Identity(user_id="n1", roles={"nurse"}))  # type: ignore[attr-defined]
-        client = await clients.connect(f"http://127.0.0.1:{port}", auth={"token": token})
+        notified: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        client = await clients.connect(
+            f"http://127.0.0.1:{port}",
+            namespaces=("/", "/notifications"),
+            auth={"token": token},
+            handlers={"notification": notified.set_result},
+        )
         assert await call(client, "join:room", "ward:3") == {"success": True, "room": "ward:3"}
         assert (await call(client, "join:room", "icu:1"))["code"] == "forbidden"
+        await served["lab_results_ready"]("n1")
+        notification = await asyncio.wait_for(notified, 5)
+        assert (notification["title"], notification["type"]) == ("Lab results", "success")
         await clients.close()
     finally:
         await runner.cleanup()

@@ -1,4 +1,5 @@
-"""The example clinic gateway on aiohttp (minimal form).
+"""The example clinic gateway on aiohttp: the four built-in namespaces under the
+reference rules.
 
 Run with ``make demo`` or ``python examples/aiohttp_clinic/app.py [--host H] [--port P]``.
 The signing key comes from ``RTG_SECRET_KEY``; without it a throwaway key is made
@@ -8,45 +9,22 @@ and printed tokens only work until the process stops.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import secrets
 import sys
-from typing import Any
 
 from aiohttp import web
 
 from realtime_gateway import (
-    AllowAll,
-    Connection,
     Gateway,
-    GatewayNamespace,
     Identity,
     SignedTokenAuthenticator,
-    event,
+    default_namespaces,
+    reference_rules,
 )
 
 SALT = "realtime_gateway.session"
-
-
-class MainNamespace(GatewayNamespace):
-    """Greets each authenticated socket and answers ``ping``."""
-
-    async def on_connected(self, conn: Connection) -> None:
-        await self.emit(
-            "connected",
-            {
-                "socketId": conn.sid,
-                "userId": conn.identity.user_id,
-                "timestamp": dt.datetime.now(dt.UTC).isoformat(),
-            },
-            to=conn.sid,
-        )
-
-    @event("ping")
-    async def ping(self, conn: Connection, payload: Any) -> dict[str, Any]:
-        return {"status": "pong", "timestamp": dt.datetime.now(dt.UTC).isoformat()}
 
 
 def secret_key() -> str:
@@ -64,7 +42,9 @@ def secret_key() -> str:
 def build_app(key: str) -> tuple[web.Application, SignedTokenAuthenticator]:
     authenticator = SignedTokenAuthenticator([key], salt=SALT, max_age=8 * 3600)
     gateway = Gateway(
-        authenticator=authenticator, authorizer=AllowAll(), namespaces=[MainNamespace("/")]
+        authenticator=authenticator,
+        authorizer=reference_rules(),
+        namespaces=default_namespaces(),
     )
     app = web.Application()
     gateway.attach(app)
@@ -84,7 +64,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     key = secret_key()
     app, authenticator = build_app(key)
-    token = authenticator.issue(Identity(user_id="demo-nurse", roles={"nurse"}), ttl=3600)
+    nurse = Identity(
+        user_id="demo-nurse", roles={"nurse"}, permissions={"view:patient"}, display_name="Nurse"
+    )
+    token = authenticator.issue(nurse, ttl=3600)
     print(f"Gateway on http://{args.host}:{args.port} (socket.io path /socket.io)")
     print("Connect with a token in the socket.io auth payload, e.g. for a demo nurse:")
     print(f"  {token}")

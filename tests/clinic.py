@@ -12,12 +12,12 @@ from typing import Any
 import socketio
 
 from realtime_gateway import (
+    Authenticator,
     Gateway,
     GatewayConfig,
     GatewayNamespace,
     Identity,
     RuleAuthorizer,
-    SignedTokenAuthenticator,
     default_namespaces,
     reference_rules,
 )
@@ -43,7 +43,7 @@ USERS = {
 """One user per reference role."""
 
 def clinic_gateway(
-    authenticator: SignedTokenAuthenticator,
+    authenticator: Authenticator,
     *,
     authorizer: RuleAuthorizer | None = None,
     config: GatewayConfig | None = None,

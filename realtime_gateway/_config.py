@@ -83,6 +83,21 @@ def _valid_transports(instance: Any, attribute: attrs.Attribute[Any], value: Any
         )
 
 
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigurationError(attribute.name, f"must be a number >= 0, got {value!r}")
+
+
+def _optional_key(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or len(value) < 16):
+        raise ConfigurationError(attribute.name, "must be a string of 16 characters or more")
+
+
 def _optional_positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _positive(instance, attribute, value)
@@ -106,6 +121,9 @@ class GatewayConfig:
     ``max_message_length`` caps a chat message's content (characters).
     ``reconnect_window``: a user's new socket in a namespace counts as a reconnection
     when their previous one there left less than this many seconds before.
+    ``shutdown_grace``: how long :meth:`Gateway.shutdown` waits for clients to leave.
+    ``log_key``: the key of the user pseudonyms in log records (default: a random
+    key per process); set it to correlate records across processes and restarts.
     """
 
     allowed_origins: tuple[str, ...] | None = attrs.field(
@@ -125,6 +143,8 @@ class GatewayConfig:
     rate_burst: int = attrs.field(default=100, validator=_positive_int)
     max_message_length: int = attrs.field(default=4000, validator=_positive_int)
     reconnect_window: float = attrs.field(default=60.0, validator=_positive)
+    shutdown_grace: float = attrs.field(default=10.0, validator=_non_negative)
+    log_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
 
     def __attrs_post_init__(self) -> None:
         if self.max_event_size > self.max_payload_size:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -11,8 +13,10 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from ._audit import AuditRecord, AuditSink, target_kind
 from ._auth import Authenticator
 from ._authz import Authorizer
+from ._clock import iso_timestamp
 from ._config import GatewayConfig
 from ._connection import Connection
 from ._exceptions import (
@@ -26,7 +30,7 @@ from ._exceptions import (
     PermissionDenied,
 )
 from ._identity import Handshake, Identity
-from ._log import log
+from ._log import log, set_log_key
 from ._metrics import Metrics
 from ._namespace import GatewayNamespace, role_room, user_room
 from ._namespaces import UpdatesNamespace, make_notification
@@ -134,6 +138,7 @@ class Gateway:
         config: GatewayConfig | None = None,
         namespaces: Iterable[GatewayNamespace] = (),
         registry: Registry | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         if not isinstance(authenticator, Authenticator):
             raise ConfigurationError("authenticator", "must have an async authenticate()")
@@ -141,6 +146,8 @@ class Gateway:
             raise ConfigurationError("authorizer", "must have an async authorize()")
         if registry is not None and not isinstance(registry, Registry):
             raise ConfigurationError("registry", "must implement the Registry protocol")
+        if audit is not None and not callable(audit):
+            raise ConfigurationError("audit", "must be callable with an AuditRecord")
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.config = config or GatewayConfig()
@@ -148,6 +155,12 @@ class Gateway:
             reconnect_window=self.config.reconnect_window
         )
         self.metrics = Metrics()
+        self._audit = audit
+        self._state = "running"
+        self._shutdown_done: asyncio.Event | None = None
+        self._left = asyncio.Event()
+        if self.config.log_key is not None:
+            set_log_key(self.config.log_key)
         self._origins = _OriginPolicy(self.config.allowed_origins)
         self._namespaces: dict[str, GatewayNamespace] = {}
         self._connections: dict[str, Connection] = {}
@@ -174,17 +187,25 @@ class Gateway:
         return dict(self._namespaces)
 
     def attach(self, app: web.Application) -> None:
-        """Serve socket.io from the aiohttp application ``app`` at ``config.path``."""
+        """Serve socket.io from the aiohttp application ``app`` at ``config.path``;
+        the app's shutdown runs :meth:`shutdown` while connections are still open."""
         server = self._build_server("aiohttp")
         server.attach(app, socketio_path=self.config.path.strip("/"))
 
+        async def shut_down(app: web.Application) -> None:
+            await self.shutdown()
+
+        app.on_shutdown.append(shut_down)
+
     def asgi_app(self, other_asgi_app: ASGIApp | None = None) -> ASGIApp:
         """An ASGI app serving socket.io at ``config.path`` and everything else with
-        ``other_asgi_app`` (a Starlette or FastAPI app, say), lifespan included."""
+        ``other_asgi_app`` (a Starlette or FastAPI app, say), whose lifespan is kept;
+        lifespan shutdown runs :meth:`shutdown` first."""
         server = self._build_server("asgi")
-        return socketio.ASGIApp(
+        app = socketio.ASGIApp(
             server, other_asgi_app=other_asgi_app, socketio_path=self.config.path.strip("/")
         )
+        return _ShutdownOnLifespan(app, other_asgi_app, self)
 
     @property
     def server(self) -> Any:
@@ -244,13 +265,61 @@ class Gateway:
         )
 
     async def authorize(self, identity: Identity, action: str, target: str) -> None:
-        """Ask the authorizer; a refusal raises :class:`PermissionDenied` (counted, logged)."""
+        """Ask the authorizer; a refusal raises :class:`PermissionDenied` (counted,
+        logged). An authorizer that fails is a refusal. Every decision goes to the
+        audit sink."""
         try:
-            await self.authorizer.authorize(identity, action, target)
-        except PermissionDenied:
+            try:
+                await self.authorizer.authorize(identity, action, target)
+            except PermissionDenied:
+                raise
+            except Exception as exc:
+                log(logging.ERROR, "authorizer_failed", action=action, error=type(exc).__name__)
+                raise PermissionDenied(action, target, "the authorizer failed") from None
+        except PermissionDenied as exc:
             self.metrics.access_denied[action] += 1
-            log(logging.INFO, "access_denied", user=identity.user_id, action=action)
+            log(
+                logging.INFO,
+                "access_denied",
+                user=identity.user_id,
+                action=action,
+                target=target,
+                reason=exc.reason,
+            )
+            await self.audit(identity, action, target, allowed=False, reason=exc.reason)
             raise
+        await self.audit(identity, action, target, allowed=True)
+
+    async def audit(
+        self,
+        identity: Identity,
+        action: str,
+        target: str,
+        *,
+        allowed: bool,
+        reason: str | None = None,
+    ) -> None:
+        """Send an authorization decision to the audit sink, if there is one. A sink
+        that fails is logged and counted; the decision stands."""
+        if self._audit is None:
+            return
+        record = AuditRecord(
+            user_id=identity.user_id,
+            session_id=identity.session_id,
+            action=action,
+            target=target,
+            target_kind=target_kind(target),
+            allowed=allowed,
+            reason=reason,
+            timestamp=iso_timestamp(),
+        )
+        try:
+            result = self._audit(record)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            self.metrics.audit_failures += 1
+            log(logging.ERROR, "audit_sink_failed", action=action, error=type(exc).__name__)
 
     async def is_allowed(self, identity: Identity, action: str, target: str) -> bool:
         """True if the authorizer allows; a refusal is counted and logged like any other."""
@@ -279,6 +348,8 @@ class Gateway:
         started = time.monotonic()
         handshake = Handshake.from_environ(namespace, environ, auth)
         try:
+            if self._state != "running":
+                raise GatewayNotRunning("The server is shutting down")
             if handshake.cookies and not self._origins.credentials_allowed(
                 handshake.origin, environ
             ):
@@ -316,6 +387,7 @@ class Gateway:
         conn = self._connections.pop(sid, None)
         if conn is None:
             return None
+        self._left.set()
         gone = await self.registry.remove(sid)
         log(
             logging.INFO,
@@ -335,6 +407,67 @@ class Gateway:
         except KeyError:
             return False
         return eio_sid is not None and eio_sid in server.environ
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``"not_mounted"``, ``"running"``, ``"draining"`` (shutting down) or ``"stopped"``."""
+        return "not_mounted" if self._server is None else self._state
+
+    async def shutdown(
+        self, grace: float | None = None, *, message: str = "The server is shutting down"
+    ) -> None:
+        """Shut down gracefully: refuse new connections, send every socket in every
+        namespace ``server:shutdown`` ``{message, timestamp}``, wait up to ``grace``
+        seconds (default ``config.shutdown_grace``) for clients to leave, then
+        disconnect the rest. Afterwards the registry holds none of this gateway's
+        sockets. Calling it again waits for the first call to finish."""
+        if self._server is None:
+            return
+        if self._shutdown_done is not None:
+            await self._shutdown_done.wait()
+            return
+        self._shutdown_done = asyncio.Event()
+        self._state = "draining"
+        grace = self.config.shutdown_grace if grace is None else grace
+        started = time.monotonic()
+        log(logging.INFO, "shutdown_started", connections=len(self._connections), grace_s=grace)
+        try:
+            notice = {"message": message, "timestamp": iso_timestamp()}
+            for namespace in self._namespaces:
+                await self._server.emit("server:shutdown", notice, namespace=namespace)
+            deadline = started + grace
+            while self._connections and (remaining := deadline - time.monotonic()) > 0:
+                self._left.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._left.wait(), remaining)
+            await self._disconnect_all()
+        finally:
+            self._state = "stopped"
+            log(
+                logging.INFO,
+                "shutdown_finished",
+                ms=round((time.monotonic() - started) * 1000, 1),
+            )
+            self._shutdown_done.set()
+
+    async def _disconnect_all(self) -> None:
+        server = self._server
+        # A transport the client has just dropped can make python-engineio wait
+        # forever, so every step is bounded; what is left is forgotten by hand.
+        disconnects = [
+            server.disconnect(conn.sid, namespace=conn.namespace)
+            for conn in list(self._connections.values())
+        ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*disconnects, return_exceptions=True), 5)
+        if server.eio.sockets:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.eio.disconnect(), 2)
+        for sid in list(self._connections):
+            await self._forget(sid, reason="shutdown")
+        await server.shutdown()
 
     # -- the registry's view ------------------------------------------------------
 
@@ -513,3 +646,35 @@ class Gateway:
             if left:
                 revoked[conn.sid] = left
         return revoked
+
+
+class _ShutdownOnLifespan:
+    """python-socketio's ASGI app, with the gateway's graceful shutdown run when the
+    ASGI server announces lifespan shutdown, before the host app's own shutdown."""
+
+    def __init__(self, app: ASGIApp, host_app: ASGIApp | None, gateway: Gateway) -> None:
+        self.app = app
+        self.host_app = host_app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def receive_then_shut_down() -> Any:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                await self.gateway.shutdown()
+            return message
+
+        if self.host_app is not None:
+            await self.host_app(scope, receive_then_shut_down, send)
+            return
+        while True:
+            message = await receive_then_shut_down()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return

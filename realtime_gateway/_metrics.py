@@ -15,6 +15,7 @@ class Metrics:
     def __init__(self) -> None:
         self.connections_total = 0
         self.reconnections = 0
+        self.audit_failures = 0
         self.emits: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.access_denied: Counter[str] = Counter()
@@ -26,6 +27,7 @@ class Metrics:
         return {
             "connections_total": self.connections_total,
             "reconnections": self.reconnections,
+            "audit_failures": self.audit_failures,
             "emits": dict(self.emits),
             "auth_failures": dict(self.auth_failures),
             "access_denied": dict(self.access_denied),

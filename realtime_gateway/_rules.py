@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from ._authz import Rule, RuleAuthorizer, RuleCheck, param_is_role, param_is_user
+from ._identity import Identity
 
 __all__ = ["REFERENCE_CHANNELS", "REFERENCE_RESOURCES", "reference_rules"]
 
@@ -31,6 +32,10 @@ CARE_TEAM_ROLES = frozenset({"admin", "doctor", "nurse", "staff"})
 BUILT_IN_NAMESPACES = ("/", "/notifications", "/chat", "/updates")
 
 
+def _not_a_channel(identity: Identity, params: Mapping[str, str]) -> bool:
+    return params["kind"] != "channel"
+
+
 def reference_rules(
     *,
     namespaces: Iterable[str] = BUILT_IN_NAMESPACES,
@@ -50,16 +55,21 @@ def reference_rules(
     - conversations may be joined and written to by ``conversation_roles``, and, when
       ``conversation_member(identity, params)`` is given, only where it says so
       (``params["conversation_id"]``): that is where an app plugs in membership;
-    - ``admin`` may do everything, the admin API included.
+    - ``admin`` may do everything, the admin API included, except subscribe to a
+      channel that is not in ``channels``: an unknown channel is refused to all.
     """
-    rules = [Rule(actions="*", target="*", roles="admin")]
+    rules = [
+        Rule(actions="*", target="{name}", roles="admin"),
+        Rule(actions="*", target="{kind}:*", roles="admin", when=_not_a_channel),
+    ]
     rules += [Rule(actions="connect", target=namespace) for namespace in namespaces]
     rules += [
         Rule(actions="join", target="user:{user_id}", when=param_is_user("user_id")),
         Rule(actions="join", target="role:{role}", when=param_is_role("role")),
     ]
     for channel, roles in channels.items():
-        rules.append(Rule(actions="subscribe", target=f"channel:{channel}", roles=roles or ()))
+        allowed = () if roles is None else frozenset(roles) | {"admin"}
+        rules.append(Rule(actions="subscribe", target=f"channel:{channel}", roles=allowed))
     for resource, permission in resources.items():
         rules.append(Rule(actions="subscribe", target=f"{resource}:{{id}}", permissions=permission))
     rules.append(

@@ -42,6 +42,7 @@ USERS = {
 }
 """One user per reference role."""
 
+
 def clinic_gateway(
     authenticator: Authenticator,
     *,

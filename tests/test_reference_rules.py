@@ -32,14 +32,17 @@ MATRIX: list[tuple[str, str, set[str]]] = [
     ("subscribe", "channel:admin", {"admin"}),
     ("subscribe", "channel:clinical", {"admin", "doctor", "nurse"}),
     ("subscribe", "channel:billing", {"admin", "staff"}),
-    ("subscribe", "channel:unknown", {"admin"}),
+    ("subscribe", "channel:unknown", set()),
     ("join", "conversation:c1", {"admin", "doctor", "nurse", "staff"}),
     ("send", "conversation:c1", {"admin", "doctor", "nurse", "staff"}),
     ("subscribe", "patient:42", {"admin", "doctor", "nurse"}),
     ("subscribe", "encounter:7", {"admin", "doctor"}),
     ("subscribe", "invoice:1", {"admin"}),
     ("join", "patient:42", {"admin"}),
+    ("join", "lobby", {"admin"}),
+    ("join", "ward:3:bed:2", {"admin"}),
     ("admin", "/broadcast", {"admin"}),
+    ("admin", "/notify/role/{role}", {"admin"}),
 ]
 
 

@@ -14,8 +14,12 @@ async def test_chat_round_trip(
 ) -> None:
     gateway = clinic_gateway(authenticator)
     async with clients.serve(gateway, server_kind) as server:
-        doctor, doc_inbox = await connect_as(clients, server.url, authenticator.issue(USERS["doctor"]))
-        nurse, nurse_inbox = await connect_as(clients, server.url, authenticator.issue(USERS["nurse"]))
+        doctor, doc_inbox = await connect_as(
+            clients, server.url, authenticator.issue(USERS["doctor"])
+        )
+        nurse, nurse_inbox = await connect_as(
+            clients, server.url, authenticator.issue(USERS["nurse"])
+        )
         welcome = await doc_inbox.wait("connected")
         assert welcome[0]["userId"] == "u-doctor"
         assert (await call(doctor, "ping"))["status"] == "pong"
@@ -35,7 +39,11 @@ async def test_chat_round_trip(
         await doc_inbox.wait("new:message", "/chat")
         assert doc_inbox.of("user:typing", "/chat") == []
         sub = await call(nurse, "subscribe", ["clinical", "billing", "nope"], "/notifications")
-        assert sub == {"success": True, "subscribedChannels": ["clinical"], "deniedChannels": ["billing", "nope"]}
+        assert sub == {
+            "success": True,
+            "subscribedChannels": ["clinical"],
+            "deniedChannels": ["billing", "nope"],
+        }
         ack = await call(nurse, "subscribe:patient", "p1", "/updates")
         assert ack["success"], ack
         ack = await call(nurse, "subscribe:encounter", "e1", "/updates")
@@ -46,7 +54,10 @@ async def test_chat_round_trip(
         await gateway.notify_user("u-nurse", "Hello", "msg")
         await nurse_inbox.wait("notification", "/notifications")
         assert await gateway.presence("conversation:1", namespace="/chat") == frozenset()
-        assert await gateway.presence("conversation:c1", namespace="/chat") == {"u-doctor", "u-nurse"}
+        assert await gateway.presence("conversation:c1", namespace="/chat") == {
+            "u-doctor",
+            "u-nurse",
+        }
         await doctor.disconnect()
         left = await nurse_inbox.wait("user:left", "/chat")
         assert left[0]["userId"] == "u-doctor"

@@ -1,0 +1,55 @@
+"""Audit records: one per authorization decision, for an application's access trail."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+
+__all__ = ["AuditRecord", "AuditSink", "target_kind"]
+
+
+def target_kind(target: str) -> str:
+    """What kind of thing ``target`` is: ``patient`` for ``patient:42``, ``namespace``
+    for ``/chat``, ``admin`` for an admin API route, ``room`` for a bare room name."""
+    if target.startswith("/"):
+        return "namespace"
+    kind, colon, _ = target.partition(":")
+    return kind if colon else "room"
+
+
+@attrs.frozen(kw_only=True)
+class AuditRecord:
+    """Who asked to do what to which kind of target, and the answer.
+
+    ``target`` is the full target (``patient:42``): it may hold resource ids, so a
+    sink must store it as carefully as the records it points to. ``reason`` says
+    why a request was denied (``None`` when allowed). ``timestamp`` is ISO 8601 UTC.
+    """
+
+    user_id: str
+    session_id: str | None
+    action: str
+    target: str
+    target_kind: str
+    allowed: bool
+    reason: str | None
+    timestamp: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON data."""
+        return {
+            "userId": self.user_id,
+            "sessionId": self.session_id,
+            "action": self.action,
+            "target": self.target,
+            "targetKind": self.target_kind,
+            "allowed": self.allowed,
+            "reason": self.reason,
+            "timestamp": self.timestamp,
+        }
+
+
+AuditSink = Callable[[AuditRecord], Awaitable[None] | None]
+"""Receives every :class:`AuditRecord`; may be a plain function or a coroutine."""

@@ -5,6 +5,11 @@ Compose a :class:`Gateway` into an aiohttp or ASGI app, plug in an
 :class:`GatewayNamespace`.
 """
 
+from ._admin import DEFAULT_ADMIN_PREFIX as DEFAULT_ADMIN_PREFIX
+from ._admin import AdminAPI as AdminAPI
+from ._admin import AdminResponse as AdminResponse
+from ._audit import AuditRecord as AuditRecord
+from ._audit import AuditSink as AuditSink
 from ._auth import Authenticator as Authenticator
 from ._auth import CallbackAuthenticator as CallbackAuthenticator
 from ._auth import ChainAuthenticator as ChainAuthenticator
@@ -32,6 +37,8 @@ from ._exceptions import RateLimited as RateLimited
 from ._gateway import Gateway as Gateway
 from ._identity import Handshake as Handshake
 from ._identity import Identity as Identity
+from ._log import pseudonym as pseudonym
+from ._log import redact_room as redact_room
 from ._namespace import GatewayNamespace as GatewayNamespace
 from ._namespace import event as event
 from ._namespace import role_room as role_room
@@ -54,9 +61,13 @@ from ._rules import reference_rules as reference_rules
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AdminAPI",
+    "AdminResponse",
     "AllOf",
     "AllowAll",
     "AnyOf",
+    "AuditRecord",
+    "AuditSink",
     "AuthFailureReason",
     "AuthenticationFailed",
     "Authenticator",
@@ -68,6 +79,7 @@ __all__ = [
     "ConfigurationError",
     "Connection",
     "ConnectionInfo",
+    "DEFAULT_ADMIN_PREFIX",
     "DenyAll",
     "Gateway",
     "GatewayConfig",
@@ -96,6 +108,8 @@ __all__ = [
     "make_notification",
     "param_is_role",
     "param_is_user",
+    "pseudonym",
+    "redact_room",
     "reference_rules",
     "role_room",
     "user_room",

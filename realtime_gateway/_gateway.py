@@ -469,6 +469,15 @@ class Gateway:
             await self._forget(sid, reason="shutdown")
         await server.shutdown()
 
+    async def stats(self) -> dict[str, Any]:
+        """The metrics counters plus the live figures ``connections_active`` (sockets
+        of this gateway) and ``users_connected`` (users the registry knows)."""
+        return {
+            **self.metrics.snapshot(),
+            "connections_active": len(self._connections),
+            "users_connected": len(await self.registry.users()),
+        }
+
     # -- the registry's view ------------------------------------------------------
 
     async def is_user_connected(self, user_id: str) -> bool:

@@ -1,0 +1,56 @@
+"""Prometheus text exposition of a gateway's figures, through prometheus_client.
+
+Only bounded label values appear: reason categories, actions, error codes,
+registered namespaces and emit kinds; never user ids or room names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+__all__ = ["exposition"]
+
+# stats key -> (metric name, help, label name or None for a plain number)
+_COUNTERS = (
+    ("connections_total", "rtg_connections", "Namespace connections admitted.", None),
+    ("reconnections", "rtg_reconnections", "Connections counted as reconnections.", None),
+    ("audit_failures", "rtg_audit_failures", "Audit records the sink failed to take.", None),
+    ("auth_failures", "rtg_auth_failures", "Refused authentications.", "reason"),
+    ("access_denied", "rtg_access_denied", "Authorization refusals.", "action"),
+    ("events_received", "rtg_events_received", "Client events received.", "namespace"),
+    ("events_refused", "rtg_events_refused", "Client events answered with an error.", "code"),
+    ("emits", "rtg_emits", "Server-side publish calls.", "kind"),
+)
+_GAUGES = (
+    ("connections_active", "rtg_connections_active", "Connected sockets."),
+    ("users_connected", "rtg_users_connected", "Users with at least one connected socket."),
+)
+
+
+class _Snapshot:
+    def __init__(self, stats: Mapping[str, Any]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        for key, name, help_text, label in _COUNTERS:
+            value = self.stats.get(key, 0)
+            if label is None:
+                yield CounterMetricFamily(name, help_text, value=value)
+                continue
+            family = CounterMetricFamily(name, help_text, labels=[label])
+            for label_value, count in sorted(value.items()):
+                family.add_metric([str(label_value)], count)
+            yield family
+        for key, name, help_text in _GAUGES:
+            yield GaugeMetricFamily(name, help_text, value=self.stats.get(key, 0))
+
+
+def exposition(stats: Mapping[str, Any]) -> str:
+    """``stats`` (see :meth:`Gateway.stats`) in the Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(stats))
+    return generate_latest(registry).decode()

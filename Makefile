@@ -11,7 +11,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e ".[asgi]" --group dev
+	$(PY) -m pip install --quiet -e ".[asgi,prometheus]" --group dev
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,9 +16,9 @@ from aiohttp import web
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
-from realtime_gateway import Gateway, GatewayConfig, Identity, SignedTokenAuthenticator
+from realtime_gateway import AdminAPI, Gateway, GatewayConfig, Identity, SignedTokenAuthenticator
 
 SECRET = "test-secret-key-0123456789abcdef"
 SALT = "tests.session"
@@ -61,9 +61,11 @@ class RunningServer:
     kind: str
 
 
-async def _serve_aiohttp(gateway: Gateway) -> AsyncIterator[str]:
+async def _serve_aiohttp(gateway: Gateway, admin: AdminAPI | None) -> AsyncIterator[str]:
     app = web.Application()
     gateway.attach(app)
+    if admin is not None:
+        admin.attach(app)
 
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="host app")
@@ -80,11 +82,14 @@ async def _serve_aiohttp(gateway: Gateway) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def _serve_asgi(gateway: Gateway) -> AsyncIterator[str]:
+async def _serve_asgi(gateway: Gateway, admin: AdminAPI | None) -> AsyncIterator[str]:
     async def hello(request: Request) -> PlainTextResponse:
         return PlainTextResponse("host app")
 
-    host_app = Starlette(routes=[Route("/hello", hello)])
+    routes: list[BaseRoute] = [Route("/hello", hello)]
+    if admin is not None:
+        routes.append(Mount(admin.prefix, app=admin.asgi_app()))
+    host_app = Starlette(routes=routes)
     app = gateway.asgi_app(host_app)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -112,10 +117,13 @@ async def _serve_asgi(gateway: Gateway) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def serve(gateway: Gateway, kind: str) -> AsyncIterator[RunningServer]:
-    """Serve ``gateway`` with aiohttp or uvicorn on an ephemeral port."""
+async def serve(
+    gateway: Gateway, kind: str, admin: AdminAPI | None = None
+) -> AsyncIterator[RunningServer]:
+    """Serve ``gateway`` (and ``admin``, at its prefix) with aiohttp or uvicorn on an
+    ephemeral port."""
     serve_with = _serve_aiohttp if kind == "aiohttp" else _serve_asgi
-    async with contextlib.asynccontextmanager(serve_with)(gateway) as url:
+    async with contextlib.asynccontextmanager(serve_with)(gateway, admin) as url:
         try:
             yield RunningServer(url=url, gateway=gateway, kind=kind)
         finally:
@@ -213,10 +221,12 @@ class Clients:
         return Refusal(message=str(caught.value), data=told[0] if told else None)
 
     @contextlib.asynccontextmanager
-    async def serve(self, gateway: Gateway, kind: str) -> AsyncIterator[RunningServer]:
+    async def serve(
+        self, gateway: Gateway, kind: str, admin: AdminAPI | None = None
+    ) -> AsyncIterator[RunningServer]:
         """Serve ``gateway``; the clients leave before the server stops, as in life."""
         try:
-            async with serve(gateway, kind) as server:
+            async with serve(gateway, kind, admin) as server:
                 yield server
         finally:
             await self.close()

@@ -78,5 +78,11 @@ async def test_clinic_accepts_a_cli_token_and_refuses_none(clinic: str, clients:
     ack = await client.call("ping", timeout=5)
     assert ack["success"] is True
     assert ack["status"] == "pong"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(clinic + "/api/socket.io/health") as response,
+    ):
+        health = await response.json()
+    assert (response.status, health["status"], health["activeConnections"]) == (200, "ok", 1)
     refusal = await clients.refusal(clinic)
     assert refusal.data["data"]["reason"] == "missing"

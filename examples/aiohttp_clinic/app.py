@@ -17,6 +17,7 @@ import sys
 from aiohttp import web
 
 from realtime_gateway import (
+    AdminAPI,
     Gateway,
     Identity,
     SignedTokenAuthenticator,
@@ -48,6 +49,7 @@ def build_app(key: str) -> tuple[web.Application, SignedTokenAuthenticator]:
     )
     app = web.Application()
     gateway.attach(app)
+    AdminAPI(gateway).attach(app)
 
     async def index(request: web.Request) -> web.Response:
         return web.Response(text="realtime_gateway example clinic: connect with socket.io\n")
@@ -69,6 +71,7 @@ def main() -> None:
     )
     token = authenticator.issue(nurse, ttl=3600)
     print(f"Gateway on http://{args.host}:{args.port} (socket.io path /socket.io)")
+    print(f"Health: http://{args.host}:{args.port}/api/socket.io/health")
     print("Connect with a token in the socket.io auth payload, e.g. for a demo nurse:")
     print(f"  {token}")
     print(

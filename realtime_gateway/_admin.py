@@ -169,7 +169,7 @@ class AdminAPI:
             identity = None
             if route.access != "public":
                 handshake = Handshake.from_http(
-                    path=self.prefix + path,
+                    path=self.prefix + route.template,  # the template: no ids in logs
                     headers=headers,
                     remote_address=remote_address,
                     scheme=scheme,
@@ -357,9 +357,7 @@ class AdminAPI:
             return web.Response(
                 status=answer.status,
                 body=answer.encode(),
-                content_type=answer.content_type.split(";")[0],
-                charset="utf-8",
-                headers=answer.headers,
+                headers={"Content-Type": answer.content_type, **answer.headers},
             )
 
         app.router.add_route("*", self.prefix + "/{tail:.*}", serve)

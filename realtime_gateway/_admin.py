@@ -344,13 +344,20 @@ class AdminAPI:
         """Serve the API from the aiohttp application ``app`` under ``prefix``."""
 
         async def serve(request: web.Request) -> web.StreamResponse:
-            body = await request.content.read(self.max_body_size + 1)
+            body = bytearray()
+            # read(n) returns what has arrived so far, so a body sent in pieces is
+            # read piece by piece, up to one byte over the limit.
+            while len(body) <= self.max_body_size:
+                chunk = await request.content.read(self.max_body_size + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
             peer = request.transport.get_extra_info("peername") if request.transport else None
             answer = await self.handle(
                 request.method,
                 "/" + request.match_info["tail"],
                 headers=request.headers,
-                body=body,
+                body=bytes(body),
                 remote_address=peer[0] if peer else None,
                 scheme=request.scheme,
             )

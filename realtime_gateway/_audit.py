@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 import attrs
 
@@ -51,5 +51,7 @@ class AuditRecord:
         }
 
 
-AuditSink = Callable[[AuditRecord], Awaitable[None] | None]
-"""Receives every :class:`AuditRecord`; may be a plain function or a coroutine."""
+class AuditSink(Protocol):
+    """Receives every :class:`AuditRecord`: a plain function or a coroutine function."""
+
+    def __call__(self, record: AuditRecord, /) -> Awaitable[None] | None: ...

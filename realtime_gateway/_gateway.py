@@ -159,6 +159,8 @@ class Gateway:
         self._state = "running"
         self._shutdown_done: asyncio.Event | None = None
         self._left = asyncio.Event()
+        self._reconnecting: set[str] = set()
+        self._admit_started: dict[str, float] = {}
         if self.config.log_key is not None:
             set_log_key(self.config.log_key)
         self._origins = _OriginPolicy(self.config.allowed_origins)
@@ -368,27 +370,41 @@ class Gateway:
             ) from None
         conn = Connection(sid=sid, namespace=namespace, identity=identity, handshake=handshake)
         self._connections[sid] = conn
-        self.metrics.connections_total += 1
         if await self.registry.add(conn):
+            self._reconnecting.add(sid)
+        self._admit_started[sid] = started
+        return conn
+
+    def _admitted(self, conn: Connection) -> None:
+        """The namespace finished setting ``conn`` up: count and log the connect."""
+        self.metrics.connections_total += 1
+        if conn.sid in self._reconnecting:
+            self._reconnecting.discard(conn.sid)
             self.metrics.reconnections += 1
+        started = self._admit_started.pop(conn.sid, time.monotonic())
         log(
             logging.INFO,
             "connect",
-            sid=sid,
-            user=identity.user_id,
-            namespace=namespace,
+            sid=conn.sid,
+            user=conn.identity.user_id,
+            namespace=conn.namespace,
             ms=round((time.monotonic() - started) * 1000, 1),
         )
-        return conn
 
-    async def _forget(self, sid: str, *, reason: str) -> tuple[Connection, frozenset[str]] | None:
+    async def _forget(
+        self, sid: str, *, reason: str, departed: bool = True
+    ) -> tuple[Connection, frozenset[str]] | None:
         """Drop ``sid`` from the gateway and its registry; returns the connection and
-        the rooms its user is no longer present in, or ``None`` if it was unknown."""
+        the rooms its user is no longer present in, or ``None`` if it was unknown.
+        ``departed=False``: the socket never finished connecting, so its going is no
+        departure a later connect could be a reconnection after."""
         conn = self._connections.pop(sid, None)
         if conn is None:
             return None
         self._left.set()
-        gone = await self.registry.remove(sid)
+        self._reconnecting.discard(sid)
+        self._admit_started.pop(sid, None)
+        gone = await self.registry.remove(sid, departed=departed)
         log(
             logging.INFO,
             "disconnect",
@@ -462,9 +478,12 @@ class Gateway:
         ]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*disconnects, return_exceptions=True), 5)
-        if server.eio.sockets:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.eio.disconnect(), 2)
+        # Transports that joined no namespace (or whose client is gone): close without
+        # waiting for their queues, which a dead transport never drains.
+        transports = [socket.close(wait=False) for socket in list(server.eio.sockets.values())]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*transports, return_exceptions=True), 2)
+        server.eio.sockets = {}
         for sid in list(self._connections):
             await self._forget(sid, reason="shutdown")
         await server.shutdown()

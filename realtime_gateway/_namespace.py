@@ -306,7 +306,7 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 await self.join(conn, role_room(role), action=None)
             await self.on_connected(conn)
         except Exception as exc:
-            await self.gateway._forget(sid, reason="setup failed")
+            await self.gateway._forget(sid, reason="setup failed", departed=False)
             log(
                 logging.ERROR,
                 "connect_hook_failed",
@@ -320,8 +320,9 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if not self.gateway._transport_open(sid, self.namespace):
             # The client went away while it was being admitted; python-socketio does
             # not report the disconnect of a socket that never finished connecting.
-            await self.gateway._forget(sid, reason="transport closed")
+            await self.gateway._forget(sid, reason="transport closed", departed=False)
             raise socketio.exceptions.ConnectionRefusedError("Transport closed")
+        self.gateway._admitted(conn)
 
     async def _ready(self, sid: str) -> None:
         conn = self.gateway.connection(sid)

@@ -65,8 +65,10 @@ class Registry(Protocol):
         left the same namespace within the reconnection window)."""
         ...
 
-    async def remove(self, sid: str) -> frozenset[str]:
-        """Forget a socket; returns the rooms its user is no longer present in."""
+    async def remove(self, sid: str, *, departed: bool = True) -> frozenset[str]:
+        """Forget a socket; returns the rooms its user is no longer present in.
+        ``departed=False`` for a socket whose connect failed: its going is not a
+        departure that a later connect could be a reconnection after."""
         ...
 
     async def join(self, sid: str, room: str) -> bool:
@@ -122,7 +124,7 @@ class MemoryRegistry:
         self._expire_departures()
         return self._departed.pop((conn.identity.user_id, conn.namespace), None) is not None
 
-    async def remove(self, sid: str) -> frozenset[str]:
+    async def remove(self, sid: str, *, departed: bool = True) -> frozenset[str]:
         conn = self._sockets.pop(sid, None)
         if conn is None:
             return frozenset()
@@ -132,9 +134,10 @@ class MemoryRegistry:
         sockets.discard(sid)
         if not sockets:
             del self._by_user[user_id]
-        key = (user_id, conn.namespace)
-        self._departed.pop(key, None)
-        self._departed[key] = time.monotonic()
+        if departed:
+            key = (user_id, conn.namespace)
+            self._departed.pop(key, None)
+            self._departed[key] = time.monotonic()
         self._expire_departures()
         return gone
 

@@ -1,0 +1,433 @@
+"""The :class:`Registry` contract, written once and run against every implementation.
+
+:class:`RegistryContract` holds the tests; each implementation gets a ``Test...``
+subclass that provides the ``make_registry`` fixture (as itsdangerous re-runs its
+signer tests by inheritance). A shared-store registry (Redis) is added by writing
+one more subclass whose fixture also empties the store afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from realtime_gateway import (
+    Connection,
+    ConnectionInfo,
+    Handshake,
+    Identity,
+    MemoryRegistry,
+    Registry,
+)
+
+RegistryFactory = Callable[..., Registry]
+"""``make_registry(reconnect_window=...)`` -> a new, empty registry."""
+
+ALICE = Identity(user_id="alice", roles={"nurse", "admin"}, display_name="Alice")
+BOB = Identity(user_id="bob", roles={"doctor"})
+CAROL = Identity(user_id="carol")
+
+
+def make_conn(sid: str, identity: Identity = ALICE, namespace: str = "/") -> Connection:
+    """A connection as the gateway builds one, without a server."""
+    return Connection(
+        sid=sid,
+        namespace=namespace,
+        identity=identity,
+        handshake=Handshake.from_http(path=namespace, headers={"Host": "example.test"}),
+    )
+
+
+async def assert_empty(registry: Registry, *, rooms: list[tuple[str, str]]) -> None:
+    """Nothing is left: no socket, no user, no presence in ``rooms``."""
+    assert await registry.connections() == []
+    assert await registry.users() == frozenset()
+    for user in ("alice", "bob", "carol"):
+        assert await registry.user_sockets(user) == []
+    for namespace, room in rooms:
+        assert await registry.presence(namespace, room) == frozenset(), (namespace, room)
+
+
+class RegistryContract:
+    """What every :class:`Registry` must do. Not collected itself (no ``Test`` prefix)."""
+
+    @pytest.fixture
+    def make_registry(self) -> RegistryFactory:
+        raise NotImplementedError("a registry test class provides make_registry")
+
+    @pytest.fixture
+    def registry(self, make_registry: RegistryFactory) -> Registry:
+        return make_registry(reconnect_window=60.0)
+
+    # -- add / get / listings ------------------------------------------------------
+
+    async def test_implements_the_protocol(self, registry: Registry) -> None:
+        assert isinstance(registry, Registry)
+
+    async def test_empty_registry(self, registry: Registry) -> None:
+        await assert_empty(registry, rooms=[("/", "r")])
+        assert await registry.get("s1") is None
+
+    async def test_add_then_get(self, registry: Registry) -> None:
+        conn = make_conn("s1", ALICE, "/chat")
+        assert await registry.add(conn) is False
+        info = await registry.get("s1")
+        assert info is not None
+        assert info.sid == "s1"
+        assert info.namespace == "/chat"
+        assert info.identity == ALICE
+        assert info.user_id == "alice"
+        assert info.rooms == frozenset()
+        assert info.connected_at == conn.connected_at
+        assert info.last_activity == conn.last_activity
+        assert await registry.get("s2") is None
+
+    async def test_connections_users_and_user_sockets(self, registry: Registry) -> None:
+        await registry.add(make_conn("a1", ALICE, "/"))
+        await registry.add(make_conn("a2", ALICE, "/chat"))
+        await registry.add(make_conn("a3", ALICE, "/chat"))
+        await registry.add(make_conn("b1", BOB, "/"))
+        assert sorted(info.sid for info in await registry.connections()) == [
+            "a1",
+            "a2",
+            "a3",
+            "b1",
+        ]
+        assert await registry.users() == {"alice", "bob"}
+        alice = {(info.namespace, info.sid) for info in await registry.user_sockets("alice")}
+        assert alice == {("/", "a1"), ("/chat", "a2"), ("/chat", "a3")}
+        assert [info.sid for info in await registry.user_sockets("bob")] == ["b1"]
+        assert await registry.user_sockets("carol") == []
+
+    async def test_get_reflects_rooms_and_is_a_snapshot(self, registry: Registry) -> None:
+        await registry.add(make_conn("s1"))
+        await registry.join("s1", "a")
+        await registry.join("s1", "b")
+        before = await registry.get("s1")
+        assert before is not None
+        assert before.rooms == {"a", "b"}
+        await registry.leave("s1", "a")
+        await registry.join("s1", "c")
+        after = await registry.get("s1")
+        assert after is not None
+        assert after.rooms == {"b", "c"}
+        assert before.rooms == {"a", "b"}, "an earlier snapshot must not change"
+
+    # -- join / leave and presence -------------------------------------------------------
+
+    async def test_join_true_only_for_the_users_first_socket(self, registry: Registry) -> None:
+        await registry.add(make_conn("a1", ALICE))
+        await registry.add(make_conn("a2", ALICE))
+        await registry.add(make_conn("b1", BOB))
+        assert await registry.join("a1", "room") is True
+        assert await registry.join("a2", "room") is False
+        assert await registry.join("b1", "room") is True
+        assert await registry.presence("/", "room") == {"alice", "bob"}
+
+    async def test_leave_true_only_for_the_users_last_socket(self, registry: Registry) -> None:
+        await registry.add(make_conn("a1", ALICE))
+        await registry.add(make_conn("a2", ALICE))
+        await registry.join("a1", "room")
+        await registry.join("a2", "room")
+        assert await registry.leave("a1", "room") is False
+        assert await registry.presence("/", "room") == {"alice"}
+        assert await registry.leave("a2", "room") is True
+        assert await registry.presence("/", "room") == frozenset()
+        # The user can come back: presence starts over.
+        assert await registry.join("a2", "room") is True
+
+    async def test_same_room_name_in_two_namespaces_is_separate(self, registry: Registry) -> None:
+        await registry.add(make_conn("main", ALICE, "/"))
+        await registry.add(make_conn("chat", ALICE, "/chat"))
+        await registry.add(make_conn("bob-chat", BOB, "/chat"))
+        assert await registry.join("main", "lobby") is True
+        assert await registry.join("chat", "lobby") is True, "another namespace's room"
+        assert await registry.join("bob-chat", "lobby") is True
+        assert await registry.presence("/", "lobby") == {"alice"}
+        assert await registry.presence("/chat", "lobby") == {"alice", "bob"}
+        assert await registry.leave("main", "lobby") is True
+        assert await registry.presence("/", "lobby") == frozenset()
+        assert await registry.presence("/chat", "lobby") == {"alice", "bob"}
+        assert await registry.remove("chat") == {"lobby"}
+        assert await registry.presence("/chat", "lobby") == {"bob"}
+
+    async def test_double_join_is_a_no_op(self, registry: Registry) -> None:
+        await registry.add(make_conn("a1", ALICE))
+        assert await registry.join("a1", "room") is True
+        assert await registry.join("a1", "room") is False
+        info = await registry.get("a1")
+        assert info is not None
+        assert info.rooms == {"room"}
+        # Counted once: a single leave makes the user absent.
+        assert await registry.leave("a1", "room") is True
+        assert await registry.presence("/", "room") == frozenset()
+
+    async def test_leaving_a_room_not_joined_is_a_no_op(self, registry: Registry) -> None:
+        await registry.add(make_conn("a1", ALICE))
+        await registry.add(make_conn("a2", ALICE))
+        await registry.join("a1", "room")
+        assert await registry.leave("a2", "room") is False
+        assert await registry.leave("a2", "elsewhere") is False
+        assert await registry.presence("/", "room") == {"alice"}
+        assert await registry.leave("a1", "room") is True
+        assert await registry.leave("a1", "room") is False
+        assert await registry.presence("/", "room") == frozenset()
+
+    # -- remove ----------------------------------------------------------------------------
+
+    async def test_remove_returns_the_rooms_the_user_left(self, registry: Registry) -> None:
+        await registry.add(make_conn("a1", ALICE))
+        await registry.add(make_conn("a2", ALICE))
+        await registry.add(make_conn("b1", BOB))
+        for room in ("solo", "shared", "with-bob"):
+            await registry.join("a1", room)
+        await registry.join("a2", "shared")
+        await registry.join("b1", "with-bob")
+        # "shared" still has alice's other socket; bob's presence does not keep alice in.
+        assert await registry.remove("a1") == {"solo", "with-bob"}
+        assert await registry.presence("/", "shared") == {"alice"}
+        assert await registry.presence("/", "with-bob") == {"bob"}
+        assert await registry.presence("/", "solo") == frozenset()
+        assert await registry.get("a1") is None
+        assert [info.sid for info in await registry.user_sockets("alice")] == ["a2"]
+        assert await registry.remove("a2") == {"shared"}
+        assert await registry.users() == {"bob"}
+
+    async def test_remove_everything_leaves_no_trace(self, registry: Registry) -> None:
+        rooms = [("/", "a"), ("/", "b"), ("/chat", "a"), ("/chat", "c")]
+        await registry.add(make_conn("a1", ALICE, "/"))
+        await registry.add(make_conn("a2", ALICE, "/chat"))
+        await registry.add(make_conn("b1", BOB, "/"))
+        await registry.add(make_conn("b2", BOB, "/chat"))
+        for sid, room in [("a1", "a"), ("a1", "b"), ("a2", "a"), ("b1", "a"), ("b2", "c")]:
+            await registry.join(sid, room)
+        for sid in ("b1", "a2", "a1", "b2"):
+            await registry.remove(sid)
+        await assert_empty(registry, rooms=rooms)
+
+    async def test_remove_of_a_socket_without_rooms(self, registry: Registry) -> None:
+        await registry.add(make_conn("a1", ALICE))
+        assert await registry.remove("a1") == frozenset()
+        await assert_empty(registry, rooms=[])
+
+    async def test_unknown_sids_do_nothing(self, registry: Registry) -> None:
+        await registry.add(make_conn("a1", ALICE))
+        await registry.join("a1", "room")
+        assert await registry.join("ghost", "room") is False
+        assert await registry.leave("ghost", "room") is False
+        assert await registry.remove("ghost") == frozenset()
+        assert await registry.get("ghost") is None
+        assert await registry.presence("/", "room") == {"alice"}
+        assert [info.sid for info in await registry.connections()] == ["a1"]
+
+    async def test_a_removed_sid_is_unknown(self, registry: Registry) -> None:
+        await registry.add(make_conn("a1", ALICE))
+        await registry.join("a1", "room")
+        assert await registry.remove("a1") == {"room"}
+        assert await registry.remove("a1") == frozenset()
+        assert await registry.join("a1", "room") is False
+        assert await registry.leave("a1", "room") is False
+        assert await registry.get("a1") is None
+        await assert_empty(registry, rooms=[("/", "room")])
+
+    # -- reconnection --------------------------------------------------------------------
+
+    async def test_first_connect_is_not_a_reconnection(self, registry: Registry) -> None:
+        assert await registry.add(make_conn("a1", ALICE)) is False
+        assert await registry.add(make_conn("a2", ALICE)) is False, "a second socket"
+        assert await registry.add(make_conn("b1", BOB)) is False
+
+    async def test_reconnection_within_the_window(self, make_registry: RegistryFactory) -> None:
+        registry = make_registry(reconnect_window=60.0)
+        await registry.add(make_conn("a1", ALICE, "/chat"))
+        await registry.remove("a1")
+        assert await registry.add(make_conn("b1", BOB, "/chat")) is False, "another user"
+        assert await registry.add(make_conn("a2", ALICE, "/")) is False, "another namespace"
+        assert await registry.add(make_conn("a3", ALICE, "/chat")) is True
+
+    async def test_no_reconnection_after_the_window(self, make_registry: RegistryFactory) -> None:
+        window = 0.05
+        registry = make_registry(reconnect_window=window)
+        await registry.add(make_conn("a1", ALICE))
+        await registry.add(make_conn("b1", BOB))
+        await registry.remove("b1")
+        assert await registry.add(make_conn("b2", BOB)) is True, "within the window"
+        await registry.remove("a1")
+        # The clock under test is the monotonic one: wait it out, briefly.
+        deadline = time.monotonic() + window * 2
+        remaining = deadline - time.monotonic()
+        while remaining > 0:
+            await asyncio.sleep(remaining)
+            remaining = deadline - time.monotonic()
+        assert await registry.add(make_conn("a2", ALICE)) is False
+
+    # -- snapshots as JSON ------------------------------------------------------------------
+
+    async def test_to_json_shape(self, registry: Registry) -> None:
+        conn = make_conn("s1", ALICE, "/chat")
+        await registry.add(conn)
+        for room in ("zeta", "alpha", "user:alice"):
+            await registry.join("s1", room)
+        info = await registry.get("s1")
+        assert info is not None
+        assert info.to_json() == {
+            "socketId": "s1",
+            "namespace": "/chat",
+            "userId": "alice",
+            "roles": ["admin", "nurse"],
+            "rooms": ["alpha", "user:alice", "zeta"],
+            "connectedAt": conn.connected_at,
+            "lastActivity": conn.last_activity,
+        }
+
+    # -- random operation sequences against a model ------------------------------------------
+
+    @pytest.mark.parametrize("seed", range(12))
+    async def test_random_sequences_match_a_model(self, registry: Registry, seed: int) -> None:
+        await check_against_model(registry, random.Random(seed), steps=250)  # noqa: S311
+
+
+def test_connection_info_to_json_directly() -> None:
+    info = ConnectionInfo(
+        sid="x",
+        namespace="/",
+        identity=Identity(user_id="u", roles={"b", "a", "c"}),
+        rooms=frozenset({"r2", "r1"}),
+        connected_at=1.5,
+        last_activity=2.5,
+    )
+    data = info.to_json()
+    assert data == {
+        "socketId": "x",
+        "namespace": "/",
+        "userId": "u",
+        "roles": ["a", "b", "c"],
+        "rooms": ["r1", "r2"],
+        "connectedAt": 1.5,
+        "lastActivity": 2.5,
+    }
+    assert list(data) == [
+        "socketId",
+        "namespace",
+        "userId",
+        "roles",
+        "rooms",
+        "connectedAt",
+        "lastActivity",
+    ]
+
+
+async def check_against_model(registry: Registry, rng: random.Random, *, steps: int) -> None:
+    """Apply random add/join/leave/remove calls, checking each answer and the whole
+    state against a plain model; then remove every socket and check nothing is left."""
+    identities = {identity.user_id: identity for identity in (ALICE, BOB, CAROL)}
+    namespaces = ("/", "/chat")
+    room_names = ("r1", "r2", "r3")
+    every_room = [(ns, room) for ns in namespaces for room in room_names]
+    live: dict[str, tuple[str, str]] = {}  # sid -> (user, namespace)
+    rooms_of: dict[str, set[str]] = {}
+    departed: set[tuple[str, str]] = set()
+    ever: list[str] = ["never-added"]
+    serial = 0
+
+    def present(namespace: str, room: str) -> frozenset[str]:
+        return frozenset(
+            user for sid, (user, ns) in live.items() if ns == namespace and room in rooms_of[sid]
+        )
+
+    def others_in(sid: str, room: str) -> bool:
+        user, ns = live[sid]
+        return any(
+            other != sid and live[other] == (user, ns) and room in rooms_of[other] for other in live
+        )
+
+    history: list[tuple[str, Any]] = []
+    for _ in range(steps):
+        op = rng.choices(("add", "join", "leave", "remove"), weights=(3, 4, 3, 2))[0]
+        if op == "add" or not live:
+            serial += 1
+            sid = f"s{serial}"
+            user = rng.choice(sorted(identities))
+            ns = rng.choice(namespaces)
+            history.append(("add", (sid, user, ns)))
+            expected_reconnect = (user, ns) in departed
+            departed.discard((user, ns))
+            got = await registry.add(make_conn(sid, identities[user], ns))
+            assert got is expected_reconnect, history
+            live[sid] = (user, ns)
+            rooms_of[sid] = set()
+            ever.append(sid)
+        elif op == "join":
+            sid = rng.choice(ever)
+            room = rng.choice(room_names)
+            history.append(("join", (sid, room)))
+            expected = sid in live and room not in rooms_of[sid] and not others_in(sid, room)
+            assert await registry.join(sid, room) is expected, history
+            if sid in live:
+                rooms_of[sid].add(room)
+        elif op == "leave":
+            sid = rng.choice(ever)
+            room = rng.choice(room_names)
+            history.append(("leave", (sid, room)))
+            expected = sid in live and room in rooms_of[sid] and not others_in(sid, room)
+            assert await registry.leave(sid, room) is expected, history
+            if sid in live:
+                rooms_of[sid].discard(room)
+        else:
+            sid = rng.choice(ever)
+            history.append(("remove", sid))
+            expected_gone: frozenset[str] = frozenset()
+            if sid in live:
+                expected_gone = frozenset(r for r in rooms_of[sid] if not others_in(sid, r))
+                departed.add(live.pop(sid))
+                del rooms_of[sid]
+            assert await registry.remove(sid) == expected_gone, history
+        await check_state(registry, live, rooms_of, every_room, present, history)
+
+    for sid in list(live):
+        await registry.remove(sid)
+    await assert_empty(registry, rooms=every_room)
+
+
+async def check_state(
+    registry: Registry,
+    live: dict[str, tuple[str, str]],
+    rooms_of: dict[str, set[str]],
+    every_room: list[tuple[str, str]],
+    present: Callable[[str, str], frozenset[str]],
+    history: list[tuple[str, Any]],
+) -> None:
+    for namespace, room in every_room:
+        assert await registry.presence(namespace, room) == present(namespace, room), history
+    assert await registry.users() == {user for user, _ in live.values()}, history
+    snapshot = {info.sid: info for info in await registry.connections()}
+    assert set(snapshot) == set(live), history
+    for sid, (user, ns) in live.items():
+        assert (snapshot[sid].user_id, snapshot[sid].namespace) == (user, ns), history
+        assert snapshot[sid].rooms == rooms_of[sid], history
+    per_user = Counter(user for user, _ in live.values())
+    for user, count in per_user.items():
+        assert len(await registry.user_sockets(user)) == count, history
+
+
+class TestMemoryRegistry(RegistryContract):
+    @pytest.fixture
+    def make_registry(self) -> RegistryFactory:
+        def make(*, reconnect_window: float = 60.0) -> Registry:
+            return MemoryRegistry(reconnect_window=reconnect_window)
+
+        return make
+
+    async def test_len_counts_sockets(self) -> None:
+        registry = MemoryRegistry()
+        await registry.add(make_conn("a1"))
+        await registry.add(make_conn("a2"))
+        assert len(registry) == 2
+        await registry.remove("a1")
+        assert len(registry) == 1

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ._exceptions import (
     AuthenticationFailed,
+    AuthFailureReason,
     GatewayError,
     GatewayNotRunning,
     InvalidPayload,
@@ -209,6 +210,7 @@ class AdminAPI:
             {"HTTP_HOST": handshake.host or "", "wsgi.url_scheme": handshake.scheme},
         ):
             # A cross-site page must not ride an admin's session cookie.
+            self.gateway._refused(handshake, AuthenticationFailed(AuthFailureReason.ORIGIN))
             raise PermissionDenied("admin", None, "origin not allowed")
         return await self.gateway.authenticate(handshake)
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ._audit import AuditRecord, AuditSink, target_kind
 from ._auth import Authenticator
-from ._authz import Authorizer
+from ._authz import NO_RULE, REQUIREMENT_NOT_MET, Authorizer
 from ._clock import iso_timestamp
 from ._config import GatewayConfig
 from ._connection import Connection
@@ -37,6 +37,11 @@ from ._namespaces import UpdatesNamespace, make_notification
 from ._registry import ConnectionInfo, MemoryRegistry, Registry
 
 __all__ = ["Gateway"]
+
+# Denial reasons the library's own authorizers give; others are not logged verbatim.
+_LIBRARY_REASONS = frozenset(
+    {NO_RULE, REQUIREMENT_NOT_MET, "no rule allows it", "the authorizer failed"}
+)
 
 # Events socket.io clients reserve for themselves.
 _RESERVED_EVENTS = frozenset(
@@ -286,7 +291,8 @@ class Gateway:
                 user=identity.user_id,
                 action=action,
                 target=target,
-                reason=exc.reason,
+                # An application's reasons are free text that may name things.
+                reason=exc.reason if exc.reason in _LIBRARY_REASONS else "application",
             )
             await self.audit(identity, action, target, allowed=False, reason=exc.reason)
             raise

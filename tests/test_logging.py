@@ -19,6 +19,7 @@ import pytest
 
 from realtime_gateway import (
     AdminAPI,
+    Authorizer,
     ChatNamespace,
     ConfigurationError,
     Connection,
@@ -27,6 +28,7 @@ from realtime_gateway import (
     Identity,
     MainNamespace,
     NotificationsNamespace,
+    PermissionDenied,
     SignedTokenAuthenticator,
     UpdatesNamespace,
     _log,
@@ -34,6 +36,7 @@ from realtime_gateway import (
     redact_room,
     reference_rules,
 )
+from realtime_gateway._authz import REQUIREMENT_NOT_MET
 from realtime_gateway._log import log, set_log_key
 
 from .clinic import USERS, clinic_gateway, connect_as
@@ -219,6 +222,32 @@ async def test_gateways_with_the_same_log_key_give_the_same_pseudonyms(
     assert other != first
     # Without a log_key the gateway keeps the process key it found.
     assert await denied_user_field(None) == other
+
+
+class _CareTeamRule:
+    """An application authorizer whose denial reason names a patient."""
+
+    async def authorize(self, identity: Identity, action: str, target: str) -> None:
+        raise PermissionDenied(action, target, "patient p-4711 is not on Nat's care team")
+
+
+@pytest.mark.parametrize(
+    ("authorizer", "logged"),
+    [(_CareTeamRule(), "application"), (reference_rules(), REQUIREMENT_NOT_MET)],
+    ids=["application", "library"],
+)
+async def test_only_the_librarys_own_denial_reasons_are_logged_verbatim(
+    records: list[logging.LogRecord],
+    authenticator: SignedTokenAuthenticator,
+    authorizer: Authorizer,
+    logged: str,
+) -> None:
+    gateway = Gateway(authenticator=authenticator, authorizer=authorizer)
+    before = len(records)
+    assert not await gateway.is_allowed(Identity(user_id="u-1"), "subscribe", "patient:p-4711")
+    [record] = ours(records[before:])
+    assert record.rtg["reason"] == logged  # type: ignore[attr-defined]
+    assert "4711" not in record.getMessage()
 
 
 # -- the full scenario -----------------------------------------------------------------

@@ -12,7 +12,8 @@ __all__ = ["AuditRecord", "AuditSink", "target_kind"]
 
 def target_kind(target: str) -> str:
     """What kind of thing ``target`` is: ``patient`` for ``patient:42``, ``namespace``
-    for ``/chat``, ``admin`` for an admin API route, ``room`` for a bare room name."""
+    for ``/chat``, ``room`` for a bare room name. (Records of action ``admin`` have
+    kind ``admin``: their targets are admin API routes.)"""
     if target.startswith("/"):
         return "namespace"
     kind, colon, _ = target.partition(":")

@@ -40,8 +40,20 @@ __all__ = ["Gateway"]
 
 # Denial reasons the library's own authorizers give; others are not logged verbatim.
 _LIBRARY_REASONS = frozenset(
-    {NO_RULE, REQUIREMENT_NOT_MET, "no rule allows it", "the authorizer failed"}
+    {
+        NO_RULE,
+        REQUIREMENT_NOT_MET,
+        "no rule allows it",
+        "deny all",
+        "the authorizer failed",
+        "a socket's own room",
+        "the gateway's own rooms cannot be left",
+        "join the conversation first",
+    }
 )
+
+# How long shutdown lets clients close their transports before closing them.
+_TRANSPORT_CLOSE_WAIT = 1.0
 
 # Events socket.io clients reserve for themselves.
 _RESERVED_EVENTS = frozenset(
@@ -90,6 +102,11 @@ class _GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *, connect_timeout: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._connect_timeout = connect_timeout
+        self.transport_closed = asyncio.Event()
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        await super()._handle_eio_disconnect(eio_sid, reason)
+        self.transport_closed.set()
 
     async def _handle_eio_connect(self, eio_sid: str, environ: Any) -> Any:
         result = await super()._handle_eio_connect(eio_sid, environ)
@@ -284,19 +301,31 @@ class Gateway:
                 log(logging.ERROR, "authorizer_failed", action=action, error=type(exc).__name__)
                 raise PermissionDenied(action, target, "the authorizer failed") from None
         except PermissionDenied as exc:
-            self.metrics.access_denied[action] += 1
-            log(
-                logging.INFO,
-                "access_denied",
-                user=identity.user_id,
-                action=action,
-                target=target,
-                # An application's reasons are free text that may name things.
-                reason=exc.reason if exc.reason in _LIBRARY_REASONS else "application",
-            )
-            await self.audit(identity, action, target, allowed=False, reason=exc.reason)
+            await self._denied(identity, action, target, exc.reason)
             raise
         await self.audit(identity, action, target, allowed=True)
+
+    async def refuse(
+        self, identity: Identity, action: str, target: str, reason: str
+    ) -> PermissionDenied:
+        """A refusal decided outside the authorizer (a namespace's own rule, such as
+        "join the conversation first"), counted, logged and audited like the
+        authorizer's own; raise what it returns."""
+        await self._denied(identity, action, target, reason)
+        return PermissionDenied(action, target, reason)
+
+    async def _denied(self, identity: Identity, action: str, target: str, reason: str) -> None:
+        self.metrics.access_denied[action] += 1
+        log(
+            logging.INFO,
+            "access_denied",
+            user=identity.user_id,
+            action=action,
+            target=target,
+            # An application's reasons are free text that may name things.
+            reason=reason if reason in _LIBRARY_REASONS else "application",
+        )
+        await self.audit(identity, action, target, allowed=False, reason=reason)
 
     async def audit(
         self,
@@ -316,7 +345,7 @@ class Gateway:
             session_id=identity.session_id,
             action=action,
             target=target,
-            target_kind=target_kind(target),
+            target_kind="admin" if action == "admin" else target_kind(target),
             allowed=allowed,
             reason=reason,
             timestamp=iso_timestamp(),
@@ -484,8 +513,15 @@ class Gateway:
         ]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*disconnects, return_exceptions=True), 5)
-        # Transports that joined no namespace (or whose client is gone): close without
-        # waiting for their queues, which a dead transport never drains.
+        # A client told its last namespace is gone closes its transport itself; give
+        # it a moment, so that a polling client's last request is still answered.
+        deadline = time.monotonic() + _TRANSPORT_CLOSE_WAIT
+        while server.environ and (remaining := deadline - time.monotonic()) > 0:
+            server.transport_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.transport_closed.wait(), remaining)
+        # Transports still open (no namespace joined, or the client is gone): close
+        # without waiting for their queues, which a dead transport never drains.
         transports = [socket.close(wait=False) for socket in list(server.eio.sockets.values())]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*transports, return_exceptions=True), 2)

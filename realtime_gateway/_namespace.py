@@ -27,7 +27,6 @@ from ._exceptions import (
     GatewayNotRunning,
     InvalidPayload,
     NotFound,
-    PermissionDenied,
     RateLimited,
 )
 from ._identity import Identity
@@ -189,7 +188,9 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         server = self.gateway.server
         if server.manager.is_sid_room(self.namespace, room):
             # Every socket has a room named by its sid: its private channel.
-            raise PermissionDenied(action or "join", room, "a socket's own room")
+            raise await self.gateway.refuse(
+                conn.identity, action or "join", room, "a socket's own room"
+            )
         if action is not None:
             await self.gateway.authorize(conn.identity, action, room)
         if room in conn.rooms:
@@ -209,7 +210,9 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if room not in conn.rooms:
             raise NotFound("Not in that room")
         if conn.rooms[room] is None:
-            raise PermissionDenied("leave", room, "the gateway's own rooms cannot be left")
+            raise await self.gateway.refuse(
+                conn.identity, "leave", room, "the gateway's own rooms cannot be left"
+            )
         return await self._remove_from(conn, room)
 
     async def _remove_from(self, conn: Connection, room: str) -> bool:

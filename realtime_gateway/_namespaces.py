@@ -418,7 +418,9 @@ class ChatNamespace(GatewayNamespace):
     async def _member_room(self, conn: Connection, conversation_id: str, action: str) -> str:
         room = self.conversation_room(conversation_id)
         if room not in conn.rooms:
-            raise PermissionDenied(action, room, "Join the conversation first")
+            raise await self.gateway.refuse(
+                conn.identity, action, room, "join the conversation first"
+            )
         await self.gateway.authorize(conn.identity, action, room)
         return room
 

@@ -574,24 +574,21 @@ class Gateway:
         skip_sid: str | None = None,
     ) -> None:
         """Send ``event`` to every socket in ``room`` of ``namespace``."""
-        if not isinstance(room, str) or not room:
-            raise InvalidPayload("room must be a non-empty string", field="room")
+        _require_text(room, "room")
         await self._emit("room", event, data, namespace=namespace, room=room, skip_sid=skip_sid)
 
     async def emit_to_user(
         self, user_id: str, event: str, data: Any = None, *, namespace: str = "/"
     ) -> None:
         """Send ``event`` to every socket ``user_id`` has in ``namespace``."""
-        if not isinstance(user_id, str) or not user_id:
-            raise InvalidPayload("userId must be a non-empty string", field="userId")
+        _require_text(user_id, "userId")
         await self._emit("user", event, data, namespace=namespace, room=user_room(user_id))
 
     async def emit_to_role(
         self, role: str, event: str, data: Any = None, *, namespace: str = "/"
     ) -> None:
         """Send ``event`` to every socket in ``namespace`` of a user holding ``role``."""
-        if not isinstance(role, str) or not role:
-            raise InvalidPayload("role must be a non-empty string", field="role")
+        _require_text(role, "role")
         await self._emit("role", event, data, namespace=namespace, room=role_room(role))
 
     async def notify_user(
@@ -606,13 +603,8 @@ class Gateway:
     ) -> dict[str, Any]:
         """Send a ``notification`` ``{id, type, title, message, data, timestamp}`` to
         every socket of ``user_id`` in ``namespace``; returns the notification."""
-        if not isinstance(user_id, str) or not user_id:
-            raise InvalidPayload("userId must be a non-empty string", field="userId")
-        note = make_notification(title, message, type=type, data=data)
-        await self._emit(
-            "notification", "notification", note, namespace=namespace, room=user_room(user_id)
-        )
-        return note
+        _require_text(user_id, "userId")
+        return await self._notify(user_room(user_id), title, message, type, data, namespace)
 
     async def notify_role(
         self,
@@ -626,12 +618,20 @@ class Gateway:
     ) -> dict[str, Any]:
         """Send a ``notification`` to every socket in ``namespace`` of a user holding
         ``role``; returns the notification."""
-        if not isinstance(role, str) or not role:
-            raise InvalidPayload("role must be a non-empty string", field="role")
+        _require_text(role, "role")
+        return await self._notify(role_room(role), title, message, type, data, namespace)
+
+    async def _notify(
+        self,
+        room: str,
+        title: str,
+        message: str,
+        type: str,
+        data: Mapping[str, Any] | None,
+        namespace: str,
+    ) -> dict[str, Any]:
         note = make_notification(title, message, type=type, data=data)
-        await self._emit(
-            "notification", "notification", note, namespace=namespace, room=role_room(role)
-        )
+        await self._emit("notification", "notification", note, namespace=namespace, room=room)
         return note
 
     async def publish_update(
@@ -716,6 +716,11 @@ class Gateway:
             if left:
                 revoked[conn.sid] = left
         return revoked
+
+
+def _require_text(value: object, field: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidPayload(f"{field} must be a non-empty string", field=field)
 
 
 class _ShutdownOnLifespan:

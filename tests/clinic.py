@@ -5,8 +5,10 @@ what each client receives."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import socketio
@@ -118,3 +120,32 @@ async def connect_as(
         wait_timeout=5,
     )
     return client, inbox
+
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def assert_iso_utc(value: object) -> None:
+    """An ISO 8601 UTC timestamp with milliseconds, within a minute of now."""
+    assert isinstance(value, str)
+    assert ISO_UTC.fullmatch(value), value
+    moment = dt.datetime.fromisoformat(value)
+    assert abs((dt.datetime.now(dt.UTC) - moment).total_seconds()) < 60
+
+
+def without_timestamp(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """``payload`` minus its (checked) ``timestamp``."""
+    assert_iso_utc(payload["timestamp"])
+    return {key: value for key, value in payload.items() if key != "timestamp"}
+
+
+def assert_refused(ack: Any, code: str, field: Any = ...) -> None:
+    """A failure envelope with ``code`` and a message; ``field``, when given (``None``
+    included), is what the envelope names."""
+    assert isinstance(ack, dict)
+    assert ack["success"] is False, ack
+    assert ack["code"] == code, ack
+    assert isinstance(ack["error"], str)
+    assert ack["error"]
+    if field is not ...:
+        assert ack.get("field") == field, ack

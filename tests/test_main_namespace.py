@@ -24,7 +24,7 @@ from realtime_gateway import (
     reference_rules,
 )
 
-from .clinic import USERS, Inbox, clinic_gateway, connect_as
+from .clinic import USERS, Inbox, assert_refused, clinic_gateway, connect_as
 from .conftest import Clients, call
 
 MAIN = ("/",)
@@ -41,14 +41,6 @@ def assert_iso_utc(value: object) -> None:
     assert ISO_UTC.fullmatch(value), value
     moment = dt.datetime.fromisoformat(value)
     assert abs((dt.datetime.now(dt.UTC) - moment).total_seconds()) < 60
-
-
-def assert_refused(ack: Any, code: str) -> None:
-    assert isinstance(ack, dict)
-    assert ack["success"] is False, ack
-    assert ack["code"] == code, ack
-    assert isinstance(ack["error"], str)
-    assert ack["error"]
 
 
 async def barrier(gateway: Gateway, user_id: str, *inboxes: Inbox) -> None:

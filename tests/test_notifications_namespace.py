@@ -22,20 +22,12 @@ from realtime_gateway import (
     SignedTokenAuthenticator,
 )
 
-from .clinic import USERS, Inbox, clinic_gateway, connect_as
+from .clinic import USERS, Inbox, assert_refused, clinic_gateway, connect_as
 from .conftest import Clients, call
 
 NS = "/notifications"
 ONLY_NS = (NS,)
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-def assert_refused(ack: Any, code: str) -> None:
-    assert isinstance(ack, dict)
-    assert ack["success"] is False, ack
-    assert ack["code"] == code, ack
-    assert isinstance(ack["error"], str)
-    assert ack["error"]
 
 
 async def notifications_before_marker(gateway: Gateway, user_id: str, inbox: Inbox) -> list[Any]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -22,32 +20,17 @@ from realtime_gateway import (
     reference_rules,
 )
 
-from .clinic import USERS, Inbox, clinic_gateway, connect_as
+from .clinic import (
+    USERS,
+    Inbox,
+    assert_refused,
+    clinic_gateway,
+    connect_as,
+    without_timestamp,
+)
 from .conftest import Clients, call, until
 
 UPDATES = "/updates"
-ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-def assert_iso_utc(value: object) -> None:
-    assert isinstance(value, str)
-    assert ISO_UTC.fullmatch(value), value
-    moment = dt.datetime.fromisoformat(value)
-    assert abs((dt.datetime.now(dt.UTC) - moment).total_seconds()) < 60
-
-
-def assert_refused(ack: Any, code: str, field: str | None = None) -> None:
-    assert isinstance(ack, dict)
-    assert ack["success"] is False, ack
-    assert ack["code"] == code, ack
-    assert isinstance(ack["error"], str)
-    assert ack["error"]
-    assert ack.get("field") == field, ack
-
-
-def without_timestamp(payload: Mapping[str, Any]) -> dict[str, Any]:
-    assert_iso_utc(payload["timestamp"])
-    return {key: value for key, value in payload.items() if key != "timestamp"}
 
 
 async def subscriber(

@@ -102,6 +102,11 @@ class SignedTokenAuthenticator:
         """Verify the token the handshake carries and return its identity."""
         return self.verify(self._find_token(handshake))
 
+    def secret_keys(self) -> list[bytes]:
+        """The signing keys, oldest first (the gateway signs cluster messages with them
+        under another salt)."""
+        return list(self._serializer.secret_keys)
+
     def issue(self, identity: Identity, *, ttl: float | None = None) -> str:
         """Sign a token for ``identity`` with the newest key.
 

@@ -98,6 +98,19 @@ def _optional_key(instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
         raise ConfigurationError(attribute.name, "must be a string of 16 characters or more")
 
 
+def _optional_redis_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    scheme = urlsplit(value).scheme if isinstance(value, str) else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(attribute.name, "must be a URL such as 'redis://127.0.0.1:6379/0'")
+
+
+def _valid_prefix(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ConfigurationError(attribute.name, "must be a non-empty name without spaces")
+
+
 def _optional_positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _positive(instance, attribute, value)
@@ -124,6 +137,12 @@ class GatewayConfig:
     ``shutdown_grace``: how long :meth:`Gateway.shutdown` waits for clients to leave.
     ``log_key``: the key of the user pseudonyms in log records (default: a random
     key per process); set it to correlate records across processes and restarts.
+
+    ``redis_url`` makes several gateway processes one (see :class:`ClusterManager`):
+    ``redis_prefix`` names its keys and channel, ``cluster_ttl`` is how long a
+    silent process stays in the others' view (each refreshes every third of it),
+    and ``cluster_key`` signs the messages between processes (by default the
+    newest key of a :class:`SignedTokenAuthenticator`).
     """
 
     allowed_origins: tuple[str, ...] | None = attrs.field(
@@ -145,6 +164,10 @@ class GatewayConfig:
     reconnect_window: float = attrs.field(default=60.0, validator=_positive)
     shutdown_grace: float = attrs.field(default=10.0, validator=_non_negative)
     log_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
+    redis_url: str | None = attrs.field(default=None, repr=False, validator=_optional_redis_url)
+    redis_prefix: str = attrs.field(default="rtg", validator=_valid_prefix)
+    cluster_ttl: float = attrs.field(default=15.0, validator=_positive)
+    cluster_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
 
     def __attrs_post_init__(self) -> None:
         if self.max_event_size > self.max_payload_size:

@@ -12,11 +12,19 @@ from typing import Any
 
 import socketio
 from aiohttp import web
+from itsdangerous import URLSafeSerializer
 
 from ._audit import AuditRecord, AuditSink, target_kind
-from ._auth import Authenticator
+from ._auth import Authenticator, SignedTokenAuthenticator
 from ._authz import NO_RULE, REQUIREMENT_NOT_MET, Authorizer
 from ._clock import iso_timestamp
+from ._cluster import (
+    CLUSTER_SALT,
+    ClusterManager,
+    RedisRegistry,
+    identity_from_json,
+    identity_to_json,
+)
 from ._config import GatewayConfig
 from ._connection import Connection
 from ._exceptions import (
@@ -173,8 +181,16 @@ class Gateway:
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.config = config or GatewayConfig()
-        self.registry: Registry = registry or MemoryRegistry(
-            reconnect_window=self.config.reconnect_window
+        self._manager: ClusterManager | None = None
+        self._cluster: RedisRegistry | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._started = False
+        if self.config.redis_url is not None:
+            self._manager, self._cluster = self._join_cluster(self.config.redis_url)
+        self.registry: Registry = (
+            registry
+            or self._cluster
+            or MemoryRegistry(reconnect_window=self.config.reconnect_window)
         )
         self.metrics = Metrics()
         self._audit = audit
@@ -191,6 +207,118 @@ class Gateway:
         self._server: Any = None
         for namespace in namespaces:
             self.add_namespace(namespace)
+
+    def _join_cluster(self, url: str) -> tuple[ClusterManager, RedisRegistry]:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:
+            raise ConfigurationError(
+                "redis_url", "needs the redis extra: pip install 'realtime_gateway[redis]'"
+            ) from None
+        config = self.config
+        if config.cluster_key is not None:
+            keys: list[bytes] = [config.cluster_key.encode()]
+        elif isinstance(self.authenticator, SignedTokenAuthenticator):
+            keys = list(self.authenticator.secret_keys())
+        else:
+            raise ConfigurationError(
+                "cluster_key",
+                "is required with redis_url unless the authenticator is a "
+                "SignedTokenAuthenticator, whose keys then sign cluster messages",
+            )
+        signer = URLSafeSerializer(keys, salt=CLUSTER_SALT)
+
+        def dropped() -> None:
+            self.metrics.cluster_messages_dropped += 1
+            if self.metrics.cluster_messages_dropped == 1:
+                log(logging.WARNING, "cluster_message_dropped")
+
+        manager = ClusterManager(
+            url,
+            channel=config.redis_prefix,
+            signer=signer,
+            dropped=dropped,
+            control=self._on_control,
+        )
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        registry = RedisRegistry(
+            client,
+            prefix=config.redis_prefix,
+            ttl=config.cluster_ttl,
+            reconnect_window=config.reconnect_window,
+        )
+        registry.on_swept(self._announce_swept)
+        return manager, registry
+
+    @property
+    def process(self) -> str | None:
+        """This process's name in the cluster (``None`` without ``redis_url``)."""
+        return None if self._cluster is None else self._cluster.process
+
+    async def start(self) -> None:
+        """Connect to the cluster, if there is one: fails fast when Redis is
+        unreachable. Run by the aiohttp app's startup and by ASGI lifespan startup;
+        call it yourself when serving otherwise."""
+        if self._started:
+            return
+        if self._cluster is not None:
+            try:
+                await asyncio.wait_for(self._cluster.ping(), 5)
+            except Exception as exc:
+                raise ConfigurationError(
+                    "redis_url", f"Redis is unreachable ({type(exc).__name__})"
+                ) from None
+            await self._beat()
+            self._heartbeat_task = asyncio.create_task(self._heartbeat())
+        self._started = True
+
+    async def _heartbeat(self) -> None:
+        assert self._cluster is not None
+        while True:
+            await asyncio.sleep(self.config.cluster_ttl / 3)
+            try:
+                await self._beat()
+            except Exception as exc:
+                log(logging.ERROR, "heartbeat_failed", error=type(exc).__name__)
+
+    async def _beat(self) -> None:
+        assert self._cluster is not None
+        await self._cluster.heartbeat()
+        await self._cluster.publish_stats(
+            {
+                **self.metrics.snapshot(),
+                "connections_active": len(self._connections),
+                "users_connected": len(await self._cluster.local.users()),
+            }
+        )
+
+    async def cluster_stats(self) -> dict[str, dict[str, Any]] | None:
+        """Every live process's figures by process name, ``None`` without a cluster."""
+        if self._cluster is None:
+            return None
+        return await self._cluster.cluster_stats()
+
+    async def _on_control(self, message: dict[str, Any]) -> None:
+        if message.get("op") == "reauthorize" and isinstance(message.get("userId"), str):
+            identity = message.get("identity")
+            await self._reauthorize_here(
+                message["userId"], None if identity is None else identity_from_json(identity)
+            )
+
+    async def _announce_swept(self, swept: list[tuple[ConnectionInfo, frozenset[str]]]) -> None:
+        """Tell the rooms that the users of a dead process have left."""
+        for info, rooms in swept:
+            namespace = self._namespaces.get(info.namespace)
+            if namespace is None or not rooms:
+                continue
+            conn = Connection(
+                sid=info.sid,
+                namespace=info.namespace,
+                identity=info.identity,
+                handshake=Handshake(namespace=info.namespace),
+            )
+            for room in sorted(rooms):
+                await namespace._announce(conn, room, joined=False)
 
     # -- composition -----------------------------------------------------------
 
@@ -216,9 +344,13 @@ class Gateway:
         server = self._build_server("aiohttp")
         server.attach(app, socketio_path=self.config.path.strip("/"))
 
+        async def start(app: web.Application) -> None:
+            await self.start()
+
         async def shut_down(app: web.Application) -> None:
             await self.shutdown()
 
+        app.on_startup.append(start)
         app.on_shutdown.append(shut_down)
 
     def asgi_app(self, other_asgi_app: ASGIApp | None = None) -> ASGIApp:
@@ -255,6 +387,7 @@ class Gateway:
             logger=False,
             engineio_logger=False,
             always_connect=False,
+            client_manager=self._manager,
         )
         for namespace in self._namespaces.values():
             server.register_namespace(namespace)
@@ -529,6 +662,19 @@ class Gateway:
         for sid in list(self._connections):
             await self._forget(sid, reason="shutdown")
         await server.shutdown()
+        await self._leave_cluster()
+
+    async def _leave_cluster(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        if self._manager is not None and getattr(self._manager, "thread", None) is not None:
+            self._manager.thread.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._manager.thread
+        if self._cluster is not None:
+            await self._cluster.close()
 
     async def stats(self) -> dict[str, Any]:
         """The metrics counters plus the live figures ``connections_active`` (sockets
@@ -674,11 +820,15 @@ class Gateway:
 
     async def disconnect_socket(self, sid: str) -> bool:
         """Disconnect socket ``sid`` (the client is told, and does not reconnect on its
-        own); ``False`` if no such socket is connected here."""
+        own), on whichever process it lives; ``False`` if no such socket is known."""
         conn = self._connections.get(sid)
-        if conn is None:
+        if conn is not None:
+            namespace = conn.namespace
+        elif self._manager is not None and (info := await self.registry.get(sid)) is not None:
+            namespace = info.namespace  # on another process: the manager passes it on
+        else:
             return False
-        await self.server.disconnect(sid, namespace=conn.namespace)
+        await self.server.disconnect(sid, namespace=namespace)
         return True
 
     async def disconnect_user(self, user_id: str) -> int:
@@ -695,15 +845,30 @@ class Gateway:
         given (after a role change, say). A socket that may no longer connect to its
         namespace, or whose identity has expired, is disconnected; otherwise it
         leaves every room it may no longer be in and its client gets
-        ``access:revoked`` ``{room}``. Returns the rooms left, by socket id."""
+        ``access:revoked`` ``{room}``. Returns the rooms left, by socket id, on this
+        process; in a cluster the other processes do the same for their sockets."""
         if identity is not None and identity.user_id != user_id:
             raise ValueError("identity is of another user")
+        revoked = await self._reauthorize_here(user_id, identity)
+        if self._manager is not None:
+            await self._manager.publish_control(
+                {
+                    "op": "reauthorize",
+                    "userId": user_id,
+                    "identity": None if identity is None else identity_to_json(identity),
+                }
+            )
+        return revoked
+
+    async def _reauthorize_here(
+        self, user_id: str, identity: Identity | None
+    ) -> dict[str, list[str]]:
         revoked: dict[str, list[str]] = {}
         for info in await self.registry.user_sockets(user_id):
             conn = self._connections.get(info.sid)
             namespace = self._namespaces.get(info.namespace)
             if conn is None or namespace is None:
-                continue
+                continue  # on another process, which gets the control message
             if identity is not None:
                 conn.identity = identity
             if conn.identity.is_expired() or not await self.is_allowed(
@@ -739,7 +904,9 @@ class _ShutdownOnLifespan:
 
         async def receive_then_shut_down() -> Any:
             message = await receive()
-            if message.get("type") == "lifespan.shutdown":
+            if message.get("type") == "lifespan.startup":
+                await self.gateway.start()
+            elif message.get("type") == "lifespan.shutdown":
                 await self.gateway.shutdown()
             return message
 
@@ -747,7 +914,11 @@ class _ShutdownOnLifespan:
             await self.host_app(scope, receive_then_shut_down, send)
             return
         while True:
-            message = await receive_then_shut_down()
+            try:
+                message = await receive_then_shut_down()
+            except ConfigurationError as exc:
+                await send({"type": "lifespan.startup.failed", "message": exc.message})
+                return
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

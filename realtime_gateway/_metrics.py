@@ -16,6 +16,7 @@ class Metrics:
         self.connections_total = 0
         self.reconnections = 0
         self.audit_failures = 0
+        self.cluster_messages_dropped = 0
         self.emits: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.access_denied: Counter[str] = Counter()
@@ -28,6 +29,7 @@ class Metrics:
             "connections_total": self.connections_total,
             "reconnections": self.reconnections,
             "audit_failures": self.audit_failures,
+            "cluster_messages_dropped": self.cluster_messages_dropped,
             "emits": dict(self.emits),
             "auth_failures": dict(self.auth_failures),
             "access_denied": dict(self.access_denied),

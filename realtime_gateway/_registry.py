@@ -23,7 +23,8 @@ __all__ = ["ConnectionInfo", "MemoryRegistry", "Registry"]
 
 @attrs.frozen(kw_only=True)
 class ConnectionInfo:
-    """A snapshot of one socket as the registry knows it. Times are Unix times."""
+    """A snapshot of one socket as the registry knows it. Times are Unix times;
+    ``process`` names the gateway process the socket lives on (cluster registries)."""
 
     sid: str
     namespace: str
@@ -31,6 +32,7 @@ class ConnectionInfo:
     rooms: frozenset[str]
     connected_at: float
     last_activity: float
+    process: str | None = None
 
     @property
     def user_id(self) -> str:
@@ -47,6 +49,7 @@ class ConnectionInfo:
             "rooms": sorted(self.rooms),
             "connectedAt": self.connected_at,
             "lastActivity": self.last_activity,
+            **({"process": self.process} if self.process is not None else {}),
         }
 
 

@@ -1,0 +1,610 @@
+"""Several gateway processes as one, over Redis.
+
+Two parts, both switched on by ``GatewayConfig.redis_url``:
+
+- :class:`ClusterManager`, python-socketio's Redis client manager with messages
+  that are JSON signed with itsdangerous (an unsigned or badly signed message is
+  dropped and counted), that carries the gateway's own control messages
+  (reauthorization), and that survives Redis going away: local delivery goes on,
+  the outage is logged once, and publishing resumes, with backoff, when Redis is back.
+- :class:`RedisRegistry`, the :class:`Registry` whose view is the whole cluster.
+  Each process keeps its own sockets in a :class:`MemoryRegistry` and mirrors them
+  to Redis; a heartbeat every ``cluster_ttl / 3`` seconds refreshes and
+  reconciles that mirror, and removes the processes whose heartbeat is older
+  than ``cluster_ttl``: a process that dies leaves every other process's view
+  within ``cluster_ttl`` plus one heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import socketio
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from ._connection import Connection
+from ._identity import Identity
+from ._log import log
+from ._registry import ConnectionInfo, MemoryRegistry
+
+__all__ = ["ClusterManager", "RedisRegistry", "identity_from_json", "identity_to_json"]
+
+CLUSTER_SALT = "realtime_gateway.cluster"
+_SEP = "\x1f"  # joins namespace, room and user in one hash field; never in a name
+
+Control = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def process_id() -> str:
+    """A name for this process that is unique in the cluster."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def identity_to_json(identity: Identity) -> dict[str, Any]:
+    """An identity as JSON data (attributes that are not JSON are left out)."""
+    try:
+        attributes = json.loads(json.dumps(dict(identity.attributes)))
+    except (TypeError, ValueError):
+        attributes = {}
+    return {
+        "userId": identity.user_id,
+        "roles": sorted(identity.roles),
+        "permissions": sorted(identity.permissions),
+        "sessionId": identity.session_id,
+        "displayName": identity.display_name,
+        "expiresAt": identity.expires_at.isoformat() if identity.expires_at else None,
+        "attributes": attributes,
+    }
+
+
+def identity_from_json(data: Mapping[str, Any]) -> Identity:
+    """The inverse of :func:`identity_to_json`."""
+    expires = data.get("expiresAt")
+    return Identity(
+        user_id=data["userId"],
+        roles=data.get("roles", ()),
+        permissions=data.get("permissions", ()),
+        session_id=data.get("sessionId"),
+        display_name=data.get("displayName"),
+        expires_at=dt.datetime.fromisoformat(expires) if expires else None,
+        attributes=data.get("attributes") or {},
+    )
+
+
+class _Outage:
+    """Tracks whether Redis is reachable: logs the first failure and the recovery
+    once each, and spaces out reconnection attempts with exponential backoff."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.down = False
+        self.retry_at = 0.0
+        self.backoff = 0.5
+
+    def may_try(self) -> bool:
+        return not self.down or time.monotonic() >= self.retry_at
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.down:
+            log(logging.WARNING, "redis_unavailable", part=self.what, error=type(exc).__name__)
+            self.down = True
+            self.backoff = 0.5
+        else:
+            self.backoff = min(self.backoff * 2, 30.0)
+        self.retry_at = time.monotonic() + self.backoff
+
+    def succeeded(self) -> None:
+        if self.down:
+            log(logging.WARNING, "redis_recovered", part=self.what)
+        self.down = False
+
+
+class ClusterManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+    """python-socketio's Redis manager with signed JSON messages and quiet recovery.
+
+    ``signer`` signs every published message and verifies every received one;
+    ``None`` sends them unsigned (and accepts only unsigned ones). ``dropped`` is
+    called for every message refused. ``control`` receives the gateway's own
+    control messages (those with a ``"rtg"`` key) from other processes.
+    """
+
+    connected: bool
+    host_id: str
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        channel: str,
+        signer: URLSafeSerializer | None,
+        dropped: Callable[[], None],
+        control: Control,
+    ) -> None:
+        super().__init__(url=url, channel=channel, logger=logging.getLogger("socketio.cluster"))
+        self._signer = signer
+        self._dropped = dropped
+        self._control = control
+        self._outage = _Outage("publish")
+        self._listen_outage = _Outage("subscribe")
+
+    def _encode(self, data: Mapping[str, Any]) -> str:
+        if self._signer is None:
+            return json.dumps(data, separators=(",", ":"))
+        return json.dumps({"signed": self._signer.dumps(data)}, separators=(",", ":"))
+
+    def _decode(self, raw: bytes | str) -> dict[str, Any] | None:
+        try:
+            message = json.loads(raw)
+            if self._signer is not None:
+                message = self._signer.loads(message["signed"])
+        except (ValueError, TypeError, KeyError, BadSignature):
+            return None
+        return message if isinstance(message, dict) else None
+
+    async def _publish(self, data: Any) -> Any:
+        if not self._outage.may_try():
+            return None  # Redis is down: local delivery already happened
+        try:
+            if not self.connected:
+                self._redis_connect()
+            result = await self.redis.publish(self.channel, self._encode(data))
+        except Exception as exc:
+            self.connected = False
+            self._outage.failed(exc)
+            return None
+        self._outage.succeeded()
+        return result
+
+    async def publish_control(self, data: Mapping[str, Any]) -> None:
+        """Send a control message to the other processes."""
+        await self._publish({**data, "rtg": True, "host_id": self.host_id})
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
+        subscribed = False
+        while True:
+            try:
+                if not subscribed:
+                    self._redis_connect()
+                    await self.pubsub.subscribe(self.channel)
+                    subscribed = True
+                    self._listen_outage.succeeded()
+                async for message in self.pubsub.listen():
+                    yield message
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                subscribed = False
+                self._listen_outage.failed(exc)
+                await asyncio.sleep(self._listen_outage.backoff)
+
+    async def _listen(self) -> AsyncIterator[dict[str, Any]]:
+        channel = self.channel.encode()
+        async for message in self._redis_listen_with_retries():
+            if message.get("channel") != channel or message.get("type") != "message":
+                continue
+            data = self._decode(message.get("data", b""))
+            if data is None:
+                self._dropped()
+                continue
+            if data.get("rtg"):
+                if data.get("host_id") != self.host_id:
+                    try:
+                        await self._control(data)
+                    except Exception as exc:
+                        log(logging.ERROR, "control_failed", error=type(exc).__name__)
+                continue
+            yield data
+
+
+class RedisRegistry:
+    """A :class:`Registry` shared by every gateway process on one Redis.
+
+    Keys (all under ``prefix``): ``sockets`` (sid -> connection JSON), ``users``
+    (user -> socket count), ``user:{id}`` (its sids), ``presence:{ns}|{room}``
+    (user -> socket count), ``processes`` (process -> last heartbeat), and per
+    process ``process:{id}:sids`` and ``process:{id}:presence``, which is what a
+    dead process's sweep undoes. While Redis is unreachable every answer comes
+    from this process alone and the next heartbeat after it returns reconciles.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        prefix: str,
+        ttl: float,
+        reconnect_window: float,
+        process: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl = ttl
+        self.reconnect_window = reconnect_window
+        self.process = process or process_id()
+        self.local = MemoryRegistry(reconnect_window=reconnect_window)
+        self._outage = _Outage("registry")
+        self._swept: Callable[[list[tuple[ConnectionInfo, frozenset[str]]]], Awaitable[None]]
+        self._swept = _nothing
+
+    # -- keys ------------------------------------------------------------------------
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def _presence_key(self, namespace: str, room: str) -> str:
+        return self._key("presence", f"{namespace}{_SEP}{room}")
+
+    def on_swept(
+        self, callback: Callable[[list[tuple[ConnectionInfo, frozenset[str]]]], Awaitable[None]]
+    ) -> None:
+        """Call ``callback`` with the sockets of dead processes a sweep removed and
+        the rooms their users left with them."""
+        self._swept = callback
+
+    async def _attempt(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a Redis operation; ``None`` while Redis is unreachable."""
+        if not self._outage.may_try():
+            return None
+        try:
+            result = await operation()
+        except Exception as exc:
+            self._outage.failed(exc)
+            return None
+        self._outage.succeeded()
+        return result
+
+    def _info_json(self, conn: Connection, rooms: Iterable[str]) -> str:
+        return json.dumps(
+            {
+                "sid": conn.sid,
+                "namespace": conn.namespace,
+                "identity": identity_to_json(conn.identity),
+                "rooms": sorted(rooms),
+                "connectedAt": conn.connected_at,
+                "lastActivity": conn.last_activity,
+                "process": self.process,
+            }
+        )
+
+    @staticmethod
+    def _info_from_json(raw: bytes | str) -> ConnectionInfo:
+        data = json.loads(raw)
+        return ConnectionInfo(
+            sid=data["sid"],
+            namespace=data["namespace"],
+            identity=identity_from_json(data["identity"]),
+            rooms=frozenset(data["rooms"]),
+            connected_at=data["connectedAt"],
+            last_activity=data["lastActivity"],
+            process=data.get("process"),
+        )
+
+    # -- the Registry protocol -------------------------------------------------------
+
+    async def add(self, conn: Connection) -> bool:
+        await self.local.add(conn)
+        user_id = conn.identity.user_id
+
+        async def write() -> bool:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._key("sockets"), conn.sid, self._info_json(conn, ()))
+                pipe.sadd(self._key("user", user_id), conn.sid)
+                self._count_user(pipe, user_id, 1)
+                pipe.sadd(self._key("process", self.process, "sids"), conn.sid)
+                pipe.getdel(self._key("departed", conn.namespace, user_id))
+                results = await pipe.execute()
+            return results[-1] is not None
+
+        return bool(await self._attempt(write))
+
+    async def remove(self, sid: str, *, departed: bool = True) -> frozenset[str]:
+        conn = self.local._sockets.get(sid)
+        if conn is None:
+            return frozenset()
+        rooms = set(self.local._rooms.get(sid, ()))
+        local_gone = await self.local.remove(sid, departed=departed)
+        user_id = conn.identity.user_id
+
+        async def write() -> frozenset[str]:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for room in sorted(rooms):
+                    self._count(pipe, conn.namespace, room, user_id, -1)
+                pipe.hdel(self._key("sockets"), sid)
+                pipe.srem(self._key("user", user_id), sid)
+                self._count_user(pipe, user_id, -1)
+                pipe.srem(self._key("process", self.process, "sids"), sid)
+                if departed:
+                    key = self._key("departed", conn.namespace, user_id)
+                    pipe.set(key, "1", px=int(self.reconnect_window * 1000))
+                results = await pipe.execute()
+            counts = results[: 2 * len(rooms) : 2]
+            await self._tidy(user_id, [(conn.namespace, r) for r in sorted(rooms)], counts)
+            if int(results[2 * len(rooms) + 2]) <= 0:
+                await self.redis.hdel(self._key("users"), user_id)
+                await self.redis.hdel(self._key("process", self.process, "users"), user_id)
+            return frozenset(r for r, n in zip(sorted(rooms), counts, strict=True) if n <= 0)
+
+        gone = await self._attempt(write)
+        return local_gone if gone is None else gone
+
+    async def join(self, sid: str, room: str) -> bool:
+        conn = self.local._sockets.get(sid)
+        rooms = self.local._rooms.get(sid)
+        if conn is None or rooms is None or room in rooms:
+            return False
+        local_new = await self.local.join(sid, room)
+
+        async def write() -> bool:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self._count(pipe, conn.namespace, room, conn.identity.user_id, 1)
+                pipe.hset(self._key("sockets"), sid, self._info_json(conn, rooms))
+                results = await pipe.execute()
+            return int(results[0]) == 1
+
+        present = await self._attempt(write)
+        return local_new if present is None else bool(present)
+
+    async def leave(self, sid: str, room: str) -> bool:
+        conn = self.local._sockets.get(sid)
+        rooms = self.local._rooms.get(sid)
+        if conn is None or rooms is None or room not in rooms:
+            return False
+        local_gone = await self.local.leave(sid, room)
+
+        async def write() -> bool:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self._count(pipe, conn.namespace, room, conn.identity.user_id, -1)
+                pipe.hset(self._key("sockets"), sid, self._info_json(conn, rooms))
+                results = await pipe.execute()
+            count = int(results[0])
+            await self._tidy(conn.identity.user_id, [(conn.namespace, room)], [count])
+            return count <= 0
+
+        gone = await self._attempt(write)
+        return local_gone if gone is None else bool(gone)
+
+    async def get(self, sid: str) -> ConnectionInfo | None:
+        local = await self.local.get(sid)
+        if local is not None:
+            return self._stamped(local)
+        raw = await self._attempt(lambda: self.redis.hget(self._key("sockets"), sid))
+        return None if raw is None else self._info_from_json(raw)
+
+    async def connections(self) -> list[ConnectionInfo]:
+        everything = await self._attempt(lambda: self.redis.hgetall(self._key("sockets")))
+        if everything is None:
+            return [self._stamped(info) for info in await self.local.connections()]
+        remote = [self._info_from_json(raw) for raw in everything.values()]
+        local = {info.sid: self._stamped(info) for info in await self.local.connections()}
+        return [local.get(info.sid, info) for info in remote] + [
+            info for sid, info in local.items() if sid.encode() not in everything
+        ]
+
+    async def user_sockets(self, user_id: str) -> list[ConnectionInfo]:
+        async def read() -> list[ConnectionInfo]:
+            sids = await self.redis.smembers(self._key("user", user_id))
+            if not sids:
+                return []
+            raws = await self.redis.hmget(self._key("sockets"), sorted(sids))
+            return [self._info_from_json(raw) for raw in raws if raw is not None]
+
+        found = await self._attempt(read)
+        local = [self._stamped(info) for info in await self.local.user_sockets(user_id)]
+        if found is None:
+            return local
+        here = {info.sid for info in local}
+        return local + [info for info in found if info.sid not in here]
+
+    async def users(self) -> frozenset[str]:
+        counts = await self._attempt(lambda: self.redis.hgetall(self._key("users")))
+        if counts is None:
+            return await self.local.users()
+        return frozenset(user.decode() for user, n in counts.items() if int(n) > 0)
+
+    async def presence(self, namespace: str, room: str) -> frozenset[str]:
+        key = self._presence_key(namespace, room)
+        counts = await self._attempt(lambda: self.redis.hgetall(key))
+        if counts is None:
+            return await self.local.presence(namespace, room)
+        return frozenset(user.decode() for user, n in counts.items() if int(n) > 0)
+
+    def _stamped(self, info: ConnectionInfo) -> ConnectionInfo:
+        return ConnectionInfo(
+            sid=info.sid,
+            namespace=info.namespace,
+            identity=info.identity,
+            rooms=info.rooms,
+            connected_at=info.connected_at,
+            last_activity=info.last_activity,
+            process=self.process,
+        )
+
+    # -- counting ----------------------------------------------------------------------
+
+    def _count(self, pipe: Any, namespace: str, room: str, user_id: str, delta: int) -> None:
+        """Queue a presence count change, global first (its result is what callers
+        read) and this process's share second."""
+        pipe.hincrby(self._presence_key(namespace, room), user_id, delta)
+        pipe.hincrby(
+            self._key("process", self.process, "presence"),
+            f"{namespace}{_SEP}{room}{_SEP}{user_id}",
+            delta,
+        )
+
+    def _count_user(self, pipe: Any, user_id: str, delta: int) -> None:
+        """Queue a change of the user's socket count, global first, share second."""
+        pipe.hincrby(self._key("users"), user_id, delta)
+        pipe.hincrby(self._key("process", self.process, "users"), user_id, delta)
+
+    async def _tidy(self, user_id: str, places: list[tuple[str, str]], counts: list[int]) -> None:
+        """Delete the count fields that reached zero, so that hashes do not grow."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (namespace, room), count in zip(places, counts, strict=True):
+                if int(count) <= 0:
+                    pipe.hdel(self._presence_key(namespace, room), user_id)
+                    pipe.hdel(
+                        self._key("process", self.process, "presence"),
+                        f"{namespace}{_SEP}{room}{_SEP}{user_id}",
+                    )
+            await pipe.execute()
+
+    # -- heartbeat and sweep ---------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        """Refresh this process's entries, reconcile its presence counts with its
+        sockets, and sweep the processes whose heartbeat is older than ``ttl``."""
+        await self._attempt(self._refresh)
+        swept = await self._attempt(self._sweep)
+        if swept:
+            await self._swept(swept)
+
+    async def _refresh(self) -> None:
+        now = time.time()
+        wanted: Counter[str] = Counter()
+        infos: dict[str, str] = {}
+        for sid, conn in self.local._sockets.items():
+            rooms = self.local._rooms.get(sid, set())
+            infos[sid] = self._info_json(conn, rooms)
+            for room in rooms:
+                wanted[f"{conn.namespace}{_SEP}{room}{_SEP}{conn.identity.user_id}"] += 1
+        share_key = self._key("process", self.process, "presence")
+        recorded = {
+            field.decode(): int(n) for field, n in (await self.redis.hgetall(share_key)).items()
+        }
+        users_key = self._key("process", self.process, "users")
+        recorded_users = {
+            user.decode(): int(n) for user, n in (await self.redis.hgetall(users_key)).items()
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self._key("processes"), {self.process: now})
+            if infos:
+                pipe.hset(self._key("sockets"), mapping=infos)
+                pipe.sadd(self._key("process", self.process, "sids"), *infos)
+                for sid, conn in self.local._sockets.items():
+                    pipe.sadd(self._key("user", conn.identity.user_id), sid)
+            for field in set(wanted) | set(recorded):
+                delta = wanted[field] - recorded.get(field, 0)
+                if delta:
+                    namespace, room, user_id = field.split(_SEP)
+                    self._count(pipe, namespace, room, user_id, delta)
+            users = Counter(conn.identity.user_id for conn in self.local._sockets.values())
+            for user_id in set(users) | set(recorded_users):
+                delta = users[user_id] - recorded_users.get(user_id, 0)
+                if delta:
+                    self._count_user(pipe, user_id, delta)
+            await pipe.execute()
+
+    async def _sweep(self) -> list[tuple[ConnectionInfo, frozenset[str]]]:
+        horizon = time.time() - self.ttl
+        dead = await self.redis.zrangebyscore(self._key("processes"), "-inf", horizon)
+        swept: list[tuple[ConnectionInfo, frozenset[str]]] = []
+        for raw in dead:
+            process = raw.decode()
+            # One survivor sweeps each dead process.
+            claimed = await self.redis.set(
+                self._key("sweep", process), self.process, nx=True, ex=max(int(self.ttl), 1)
+            )
+            if claimed:
+                swept += await self._sweep_process(process)
+        return swept
+
+    async def _sweep_process(self, process: str) -> list[tuple[ConnectionInfo, frozenset[str]]]:
+        sids = sorted(await self.redis.smembers(self._key("process", process, "sids")))
+        raws = await self.redis.hmget(self._key("sockets"), sids) if sids else []
+        infos = [self._info_from_json(raw) for raw in raws if raw is not None]
+        shares = await self.redis.hgetall(self._key("process", process, "presence"))
+        users = await self.redis.hgetall(self._key("process", process, "users"))
+        fields = [(field.decode(), int(n)) for field, n in shares.items() if int(n) > 0]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for field, count in fields:
+                namespace, room, user_id = field.split(_SEP)
+                pipe.hincrby(self._presence_key(namespace, room), user_id, -count)
+            for info in infos:
+                pipe.hdel(self._key("sockets"), info.sid)
+                pipe.srem(self._key("user", info.user_id), info.sid)
+            for user, count in users.items():
+                pipe.hincrby(self._key("users"), user.decode(), -int(count))
+            pipe.delete(
+                self._key("process", process, "sids"),
+                self._key("process", process, "presence"),
+                self._key("process", process, "users"),
+            )
+            pipe.zrem(self._key("processes"), process)
+            pipe.hdel(self._key("stats"), process)
+            results = await pipe.execute()
+        gone_by_user: dict[tuple[str, str], set[str]] = {}
+        for (field, _), left in zip(fields, results[: len(fields)], strict=True):
+            namespace, room, user_id = field.split(_SEP)
+            if int(left) <= 0:
+                await self.redis.hdel(self._presence_key(namespace, room), user_id)
+                gone_by_user.setdefault((namespace, user_id), set()).add(room)
+        log(logging.WARNING, "process_swept", sockets=len(infos))
+        swept: list[tuple[ConnectionInfo, frozenset[str]]] = []
+        announced: set[tuple[str, str]] = set()
+        for info in infos:
+            key = (info.namespace, info.user_id)
+            rooms = frozenset(gone_by_user.get(key, set()) & info.rooms)
+            if key in announced:
+                rooms = frozenset()
+            announced.add(key)
+            swept.append((info, rooms))
+        return swept
+
+    async def publish_stats(self, stats: Mapping[str, Any]) -> None:
+        """Record this process's figures for the cluster view of the metrics."""
+        payload = json.dumps(stats)
+        await self._attempt(lambda: self.redis.hset(self._key("stats"), self.process, payload))
+
+    async def cluster_stats(self) -> dict[str, dict[str, Any]]:
+        """The last figures of every live process, by process."""
+
+        async def read() -> dict[str, dict[str, Any]]:
+            alive = await self.redis.zrangebyscore(
+                self._key("processes"), time.time() - self.ttl, "+inf"
+            )
+            if not alive:
+                return {}
+            raws = await self.redis.hmget(self._key("stats"), alive)
+            return {
+                process.decode(): json.loads(raw)
+                for process, raw in zip(alive, raws, strict=True)
+                if raw is not None
+            }
+
+        found = await self._attempt(read)
+        return found or {}
+
+    async def ping(self) -> None:
+        """Raise if Redis cannot be reached."""
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        """Remove this process's entries (a clean stop) and close the connection."""
+        for sid in list(self.local._sockets):
+            await self.remove(sid, departed=False)
+
+        async def goodbye() -> None:
+            await self.redis.zrem(self._key("processes"), self.process)
+            await self.redis.hdel(self._key("stats"), self.process)
+            await self.redis.delete(
+                self._key("process", self.process, "sids"),
+                self._key("process", self.process, "presence"),
+                self._key("process", self.process, "users"),
+            )
+
+        await self._attempt(goodbye)
+        await self.redis.aclose()
+
+
+async def _nothing(swept: list[tuple[ConnectionInfo, frozenset[str]]]) -> None:
+    return None

@@ -5,9 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The official socket.io client, served locally by the examples.
 JS_CLIENT := node_modules/socket.io-client/dist/socket.io.min.js
-CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint typecheck pytest install browser clean
+.PHONY: demo test lint typecheck pytest install system-packages clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,14 +20,19 @@ $(JS_CLIENT): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(JS_CLIENT)
 
-# Debian's Chromium for the browser tests (Playwright drives it; it downloads no browser).
-$(CHROMIUM):
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+# What the tests need from Debian: Chromium for the browser tests (Playwright drives
+# it and downloads no browser) and redis-server for the cluster tests.
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
 
 install: $(STAMP) $(JS_CLIENT)
 
-browser: $(CHROMIUM)
 
 demo: $(STAMP) $(JS_CLIENT)
 	$(PY) examples/aiohttp_clinic/app.py
@@ -40,7 +44,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(JS_CLIENT) $(CHROMIUM)
+pytest: $(STAMP) $(JS_CLIENT) system-packages
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest

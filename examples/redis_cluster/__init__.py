@@ -1,0 +1,1 @@
+"""Two gateway processes behaving as one over Redis."""

@@ -257,7 +257,12 @@ class AdminAPI:
         )
 
     async def _metrics(self, call: _Call) -> AdminResponse:
-        return AdminResponse(200, {"success": True, "metrics": await self.gateway.stats()})
+        body: dict[str, Any] = {"success": True, "metrics": await self.gateway.stats()}
+        cluster = await self.gateway.cluster_stats()
+        if cluster is not None:
+            body["process"] = self.gateway.process
+            body["cluster"] = cluster
+        return AdminResponse(200, body)
 
     async def _prometheus(self, call: _Call) -> AdminResponse:
         try:

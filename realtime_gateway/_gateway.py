@@ -284,19 +284,27 @@ class Gateway:
     async def _beat(self) -> None:
         assert self._cluster is not None
         await self._cluster.heartbeat()
-        await self._cluster.publish_stats(
-            {
-                **self.metrics.snapshot(),
-                "connections_active": len(self._connections),
-                "users_connected": len(await self._cluster.local.users()),
-            }
-        )
+        await self._cluster.publish_stats(await self.stats())
 
-    async def cluster_stats(self) -> dict[str, dict[str, Any]] | None:
-        """Every live process's figures by process name, ``None`` without a cluster."""
+    async def cluster_stats(self) -> dict[str, Any] | None:
+        """``{"processes": {name: figures}, "total": figures}`` over every live
+        process (the total's ``users_connected`` counts each user once), or ``None``
+        without a cluster."""
         if self._cluster is None:
             return None
-        return await self._cluster.cluster_stats()
+        processes = await self._cluster.cluster_stats()
+        processes[self._cluster.process] = await self.stats()
+        total: dict[str, Any] = {}
+        for figures in processes.values():
+            for name, value in figures.items():
+                if isinstance(value, dict):
+                    merged = total.setdefault(name, {})
+                    for label, count in value.items():
+                        merged[label] = merged.get(label, 0) + count
+                else:
+                    total[name] = total.get(name, 0) + value
+        total["users_connected"] = len(await self.registry.users())
+        return {"processes": processes, "total": total}
 
     async def _on_control(self, message: dict[str, Any]) -> None:
         if message.get("op") == "reauthorize" and isinstance(message.get("userId"), str):
@@ -677,12 +685,13 @@ class Gateway:
             await self._cluster.close()
 
     async def stats(self) -> dict[str, Any]:
-        """The metrics counters plus the live figures ``connections_active`` (sockets
-        of this gateway) and ``users_connected`` (users the registry knows)."""
+        """The metrics counters plus the live figures ``connections_active`` and
+        ``users_connected`` (sockets and users of this process)."""
+        users = self._cluster.local if self._cluster is not None else self.registry
         return {
             **self.metrics.snapshot(),
             "connections_active": len(self._connections),
-            "users_connected": len(await self.registry.users()),
+            "users_connected": len(await users.users()),
         }
 
     # -- the registry's view ------------------------------------------------------

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import socketio
@@ -360,6 +361,44 @@ class Gateway:
 
         app.on_startup.append(start)
         app.on_shutdown.append(shut_down)
+
+    async def run_aiohttp(
+        self,
+        app: web.Application,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        started: Callable[[str], None] | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Serve ``app`` (with this gateway attached) until SIGINT or SIGTERM, or
+        until ``stop`` is set, then shut the gateway down *before* the web server.
+
+        Prefer it to ``web.run_app``: once aiohttp's own shutdown begins it reads
+        nothing more from open connections, so clients told ``server:shutdown``
+        could not be heard leaving and the gateway would wait out its whole grace
+        period. ``started`` gets the URL once the server listens.
+        """
+        runner = web.AppRunner(app)
+        await runner.setup()
+        loop = asyncio.get_running_loop()
+        signals: list[signal.Signals] = []
+        try:
+            await web.TCPSite(runner, host, port).start()
+            bound_host, bound_port = runner.addresses[0][:2]
+            if started is not None:
+                started(f"http://{bound_host}:{bound_port}")
+            if stop is None:
+                stop = asyncio.Event()
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, stop.set)
+                    signals.append(signum)
+            await stop.wait()
+            await self.shutdown()
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+            await runner.cleanup()
 
     def asgi_app(self, other_asgi_app: ASGIApp | None = None) -> ASGIApp:
         """An ASGI app serving socket.io at ``config.path`` and everything else with

@@ -1,14 +1,17 @@
-"""The example gateway started the way `make demo` starts it, as its own process."""
+"""The example apps started the way their READMEs start them, each as its own process,
+and answered by real clients: HTTP, and socket.io with tokens minted by the CLI."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,6 +20,10 @@ from .conftest import Clients
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "example-test-key-0123456789abcdef"
+ENV = {**os.environ, "RTG_SECRET_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+EXAMPLES = ("aiohttp_clinic", "asgi_starlette", "custom_authorizer")
+READY_WITHIN = 20.0  # seconds for an example to answer its health endpoint
+STOP_WITHIN = 10.0  # seconds for it to exit after SIGTERM before it is killed
 
 
 def _free_port() -> int:
@@ -26,51 +33,103 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture
-async def clinic() -> AsyncIterator[str]:
+async def _wait_until_ready(process: asyncio.subprocess.Process, url: str, output: Path) -> None:
+    async with aiohttp.ClientSession() as session, asyncio.timeout(READY_WITHIN):
+        while True:
+            if process.returncode is not None:
+                told = await asyncio.to_thread(output.read_text)
+                pytest.fail(f"the example exited early:\n{told}")
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), STOP_WITHIN)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def running(example: str, output: Path) -> AsyncIterator[str]:
+    """Start ``examples/{example}/app.py`` on a free port; yield its URL once it is
+    healthy; always stop it. Its output goes to ``output``."""
     port = _free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "examples/aiohttp_clinic/app.py"),
-        "--port",
-        str(port),
-        env={**os.environ, "RTG_SECRET_KEY": KEY},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with output.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, str(ROOT / "examples" / example / "app.py"), "--port", str(port)),
+            env=ENV,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as session, asyncio.timeout(20):
-            while True:
-                assert process.returncode is None, "the example exited early"
-                try:
-                    async with session.get(url) as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
+        await _wait_until_ready(process, url + "/api/socket.io/health", output)
         yield url
     finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 10)
+        await _stop(process)
 
 
-async def test_clinic_accepts_a_cli_token_and_refuses_none(clinic: str, clients: Clients) -> None:
+async def mint(user_id: str, roles: Iterable[str] = (), permissions: Iterable[str] = ()) -> str:
+    """A token from ``python -m realtime_gateway token`` with the examples' key."""
+    args = ["token", "--user-id", user_id]
+    args += [item for role in roles for item in ("--role", role)]
+    args += [item for permission in permissions for item in ("--permission", permission)]
     minting = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "realtime_gateway", "token", "--user-id", "n1", "--role", "nurse"),
-        env={**os.environ, "RTG_SECRET_KEY": KEY},
+        *(sys.executable, "-m", "realtime_gateway", *args),
+        env=ENV,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    out, _ = await minting.communicate()
-    assert minting.returncode == 0
-    token = out.decode().strip()
+    out, err = await asyncio.wait_for(minting.communicate(), 30)
+    assert minting.returncode == 0, err.decode()
+    return out.decode().strip()
+
+
+@pytest.fixture(params=EXAMPLES)
+async def example(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    name: str = request.param
+    async with running(name, tmp_path / f"{name}.log") as url:
+        yield url
+
+
+@pytest.fixture
+async def starlette_example(tmp_path: Path) -> AsyncIterator[str]:
+    async with running("asgi_starlette", tmp_path / "asgi_starlette.log") as url:
+        yield url
+
+
+@pytest.fixture
+async def care_team_example(tmp_path: Path) -> AsyncIterator[str]:
+    async with running("custom_authorizer", tmp_path / "custom_authorizer.log") as url:
+        yield url
+
+
+async def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_example_accepts_a_cli_token_and_refuses_none(example: str, clients: Clients) -> None:
+    token = await mint("n1", roles=["nurse"])
     welcomed: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
 
     async def on_connected(data: dict[str, str]) -> None:
         welcomed.set_result(data)
 
     client = await clients.connect(
-        clinic, auth={"token": token}, handlers={"connected": on_connected}
+        example, auth={"token": token}, handlers={"connected": on_connected}
     )
     welcome = await asyncio.wait_for(welcomed, 5)
     assert welcome["userId"] == "n1"
@@ -78,11 +137,90 @@ async def test_clinic_accepts_a_cli_token_and_refuses_none(clinic: str, clients:
     ack = await client.call("ping", timeout=5)
     assert ack["success"] is True
     assert ack["status"] == "pong"
+    status, health = await get_json(example + "/api/socket.io/health")
+    assert (status, health["status"], health["activeConnections"]) == (200, "ok", 1)
+    refusal = await clients.refusal(example)
+    assert refusal.data["data"]["reason"] == "missing"
+
+
+async def test_starlette_host_routes_answer_next_to_socketio(starlette_example: str) -> None:
+    token = await mint("d1", roles=["doctor"], permissions=["view:patient"])
+    status, page = await get_json(starlette_example + "/")
+    assert status == 200
+    assert page["startedAt"]  # set by the host's lifespan, which the gateway kept
+    assert page["socketio"]["namespaces"] == ["/", "/chat", "/notifications", "/updates"]
+
+    status, me = await get_json(
+        starlette_example + "/me", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200
+    assert (me["userId"], me["roles"], me["permissions"]) == ("d1", ["doctor"], ["view:patient"])
+    status, me = await get_json(
+        starlette_example + "/me", headers={"Cookie": f"rtg_session={token}"}
+    )
+    assert (status, me["userId"]) == (200, "d1")
+
     async with (
         aiohttp.ClientSession() as session,
-        session.get(clinic + "/api/socket.io/health") as response,
+        session.get(starlette_example + "/me") as response,
     ):
-        health = await response.json()
-    assert (response.status, health["status"], health["activeConnections"]) == (200, "ok", 1)
-    refusal = await clients.refusal(clinic)
-    assert refusal.data["data"]["reason"] == "missing"
+        refusal = await response.json()
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert (refusal["code"], refusal["reason"]) == ("unauthenticated", "missing")
+
+
+async def test_care_team_rule_narrows_what_nurses_may_subscribe(
+    care_team_example: str, clients: Clients
+) -> None:
+    nurse_token, doctor_token = await asyncio.gather(
+        mint("u-nurse", roles=["nurse"], permissions=["view:patient"]),
+        mint("u-doctor", roles=["doctor"], permissions=["view:patient"]),
+    )
+    nurse = await clients.connect(
+        care_team_example, namespaces=["/updates"], auth={"token": nurse_token}
+    )
+    doctor = await clients.connect(
+        care_team_example, namespaces=["/updates"], auth={"token": doctor_token}
+    )
+
+    on_team = await nurse.call("subscribe:patient", "p-1001", namespace="/updates", timeout=5)
+    assert on_team["success"] is True
+    assert (on_team["resourceType"], on_team["resourceId"]) == ("patient", "p-1001")
+    off_team = await nurse.call("subscribe:patient", "p-1003", namespace="/updates", timeout=5)
+    assert (off_team["success"], off_team["code"]) == (False, "forbidden")
+    any_patient = await doctor.call("subscribe:patient", "p-1003", namespace="/updates", timeout=5)
+    assert any_patient["success"] is True
+
+
+async def test_leaving_a_care_team_revokes_a_live_subscription(
+    care_team_example: str, clients: Clients
+) -> None:
+    nurse_token, admin_token = await asyncio.gather(
+        mint("u-nurse", roles=["nurse"], permissions=["view:patient"]),
+        mint("u-admin", roles=["admin"]),
+    )
+    revoked: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+
+    async def on_revoked(data: dict[str, str]) -> None:
+        revoked.set_result(data)
+
+    nurse = await clients.connect(
+        care_team_example,
+        namespaces=["/updates"],
+        auth={"token": nurse_token},
+        handlers={"access:revoked": on_revoked},
+    )
+    ack = await nurse.call("subscribe:patient", "p-1002", namespace="/updates", timeout=5)
+    assert ack["success"] is True
+
+    change = care_team_example + "/care-team/u-nurse/p-1002"
+    async with aiohttp.ClientSession() as session:
+        async with session.delete(change, headers={"Authorization": f"Bearer {nurse_token}"}) as r:
+            assert r.status == 403  # only admins change care teams
+        async with session.delete(change, headers={"Authorization": f"Bearer {admin_token}"}) as r:
+            assert r.status == 200
+            assert (await r.json())["revokedRooms"] == 1
+    assert await asyncio.wait_for(revoked, 5) == {"room": "patient:p-1002"}
+    again = await nurse.call("subscribe:patient", "p-1002", namespace="/updates", timeout=5)
+    assert (again["success"], again["code"]) == (False, "forbidden")

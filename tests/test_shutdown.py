@@ -299,6 +299,39 @@ async def test_aiohttp_app_shutdown_runs_the_gateway_shutdown(
     assert leaving.of("server:shutdown", "/") or leaving.of("server:shutdown", "/updates")
 
 
+async def test_run_aiohttp_hears_clients_leave_before_the_server_stops(
+    clients: Clients, authenticator: SignedTokenAuthenticator
+) -> None:
+    """With run_aiohttp the gateway shuts down while aiohttp still reads from the
+    connections, so clients that leave when told end the shutdown long before the
+    grace period."""
+    gateway = clinic_gateway(authenticator, config=quick_config(shutdown_grace=30))
+    app = web.Application()
+    gateway.attach(app)
+    stop = asyncio.Event()
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(
+        gateway.run_aiohttp(app, port=0, started=listening.set_result, stop=stop)
+    )
+    try:
+        url = await asyncio.wait_for(listening, 5)
+        leaving = await watch(
+            clients, url, authenticator.issue(USERS["nurse"]), leave_on_notice=True
+        )
+        assert gateway.state == "running"
+        stop.set()
+        await asyncio.wait_for(serving, 10)  # far below the 30 s grace
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, 15)
+    await assert_empty(gateway)
+    assert leaving.of("server:shutdown", "/"), leaving.events
+    # The client left on its own: the gateway heard it instead of dropping it.
+    reasons = {reason for name, _, reason in leaving.events if name == "disconnect"}
+    assert reasons == {"client disconnect"}, leaving.events
+
+
 @attrs.define
 class Host:
     """A Starlette app with a lifespan of its own that records what ran, and the

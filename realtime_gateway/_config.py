@@ -131,6 +131,11 @@ class GatewayConfig:
     ``rate_limit`` is the sustained events per second one connection may send, with
     bursts up to ``rate_burst``; ``None`` turns the limit off.
 
+    ``compression`` compresses long-polling responses; ``websocket_compression``
+    accepts permessage-deflate on websockets under aiohttp (off by default, as in
+    Node's socket.io: deflating every frame costs more CPU than it saves on a LAN;
+    under uvicorn set its own ``ws_per_message_deflate``).
+
     ``max_message_length`` caps a chat message's content (characters).
     ``reconnect_window``: a user's new socket in a namespace counts as a reconnection
     when their previous one there left less than this many seconds before.
@@ -158,6 +163,7 @@ class GatewayConfig:
     max_payload_size: int = attrs.field(default=1_000_000, validator=_positive_int)
     max_event_size: int = attrs.field(default=64 * 1024, validator=_positive_int)
     compression: bool = attrs.field(default=True, validator=_flag)
+    websocket_compression: bool = attrs.field(default=False, validator=_flag)
     rate_limit: float | None = attrs.field(default=50.0, validator=_optional_positive)
     rate_burst: int = attrs.field(default=100, validator=_positive_int)
     max_message_length: int = attrs.field(default=4000, validator=_positive_int)

@@ -38,6 +38,7 @@ from ._exceptions import (
     NotFound,
     PermissionDenied,
 )
+from ._fanout import FanOutManager, PlainWebSocket
 from ._identity import Handshake, Identity
 from ._log import log, set_log_key
 from ._metrics import Metrics
@@ -434,8 +435,11 @@ class Gateway:
             logger=False,
             engineio_logger=False,
             always_connect=False,
-            client_manager=self._manager,
+            client_manager=self._manager or FanOutManager(),
         )
+        if async_mode == "aiohttp" and not config.websocket_compression:
+            # An instance-level copy: other python-engineio servers keep the driver.
+            server.eio._async = {**server.eio._async, "websocket": PlainWebSocket}
         for namespace in self._namespaces.values():
             server.register_namespace(namespace)
         self._server = server

@@ -1,0 +1,91 @@
+"""Faster delivery to many sockets, within python-socketio's and python-engineio's
+own interfaces.
+
+- :class:`FanOutManager`: python-socketio's ``AsyncManager`` creates one asyncio task
+  per recipient for every emit. Here an emit without a callback encodes the packet
+  once and hands it to each recipient's queue in turn: no task per recipient, each
+  socket's order kept (one emit is queued everywhere before the next one starts),
+  closed sockets skipped. Emits with callbacks take python-socketio's own path.
+- :class:`PlainWebSocket`: python-engineio's aiohttp driver accepts permessage-deflate
+  whenever a client offers it (the official JavaScript client does), so every frame
+  is compressed; this driver class lets the gateway decline, as Node's socket.io
+  does by default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import socketio
+from aiohttp.web import WebSocketResponse
+from engineio import packet as eio_packet
+from engineio.async_drivers.aiohttp import WebSocket as AiohttpWebSocket
+from socketio import packet
+
+__all__ = ["FanOutManager", "PlainWebSocket"]
+
+
+class FanOutManager(socketio.AsyncManager):  # type: ignore[misc]
+    """python-socketio's in-process manager with a task-free fan-out."""
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if callback is not None:
+            await super().emit(
+                event,
+                data,
+                namespace,
+                room=room,
+                skip_sid=skip_sid,
+                callback=callback,
+                to=to,
+                **kwargs,
+            )
+            return
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        if isinstance(data, tuple):
+            args = list(data)
+        elif data is not None:
+            args = [data]
+        else:
+            args = []
+        skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
+        encoded = self.server.packet_class(
+            packet.EVENT, namespace=namespace, data=[event, *args]
+        ).encode()
+        frames = [
+            eio_packet.Packet(eio_packet.MESSAGE, part)
+            for part in (encoded if isinstance(encoded, list) else [encoded])
+        ]
+        send = self.server._send_eio_packet
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid in skip:
+                continue
+            for frame in frames:
+                # Puts the frame on the socket's queue, or skips a closed socket.
+                await send(eio_sid, frame)
+
+
+class PlainWebSocket(AiohttpWebSocket):  # type: ignore[misc]
+    """python-engineio's aiohttp WebSocket, declining permessage-deflate."""
+
+    async def __call__(self, environ: Any) -> Any:
+        request = environ["aiohttp.request"]
+        self._sock = WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=False
+        )
+        await self._sock.prepare(request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock

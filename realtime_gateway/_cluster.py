@@ -129,8 +129,15 @@ class ClusterManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         signer: URLSafeSerializer | None,
         dropped: Callable[[], None],
         control: Control,
+        redis_options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(url=url, channel=channel, logger=logging.getLogger("socketio.cluster"))
+        super().__init__(
+            url=url,
+            channel=channel,
+            logger=logging.getLogger("socketio.cluster"),
+            redis_options=dict(redis_options or {}),
+        )
+        self._publisher: Any = None
         self._signer = signer
         self._dropped = dropped
         self._control = control
@@ -154,16 +161,24 @@ class ClusterManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     async def _publish(self, data: Any) -> Any:
         if not self._outage.may_try():
             return None  # Redis is down: local delivery already happened
+        if self._publisher is None:
+            # A client of its own: the listener's connection is never disturbed, and
+            # the client's pool reconnects by itself once Redis is back.
+            self._publisher = self._get_redis_module().Redis.from_url(
+                self.redis_url, **self.redis_options
+            )
         try:
-            if not self.connected:
-                self._redis_connect()
-            result = await self.redis.publish(self.channel, self._encode(data))
+            result = await self._publisher.publish(self.channel, self._encode(data))
         except Exception as exc:
-            self.connected = False
             self._outage.failed(exc)
             return None
         self._outage.succeeded()
         return result
+
+    async def close(self) -> None:
+        """Close the publishing client."""
+        if self._publisher is not None:
+            await self._publisher.aclose()
 
     async def publish_control(self, data: Mapping[str, Any]) -> None:
         """Send a control message to the other processes."""
@@ -485,8 +500,17 @@ class RedisRegistry:
         recorded_users = {
             user.decode(): int(n) for user, n in (await self.redis.hgetall(users_key)).items()
         }
+        # Sockets that left while Redis was unreachable are still listed there.
+        listed = await self.redis.smembers(self._key("process", self.process, "sids"))
+        stale = sorted(sid for sid in listed if sid.decode() not in self.local._sockets)
+        stale_infos = await self.redis.hmget(self._key("sockets"), stale) if stale else []
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self._key("processes"), {self.process: now})
+            for sid, raw in zip(stale, stale_infos, strict=True):
+                pipe.hdel(self._key("sockets"), sid)
+                pipe.srem(self._key("process", self.process, "sids"), sid)
+                if raw is not None:
+                    pipe.srem(self._key("user", self._info_from_json(raw).user_id), sid)
             if infos:
                 pipe.hset(self._key("sockets"), mapping=infos)
                 pipe.sadd(self._key("process", self.process, "sids"), *infos)

@@ -213,6 +213,9 @@ class Gateway:
     def _join_cluster(self, url: str) -> tuple[ClusterManager, RedisRegistry]:
         try:
             import redis.asyncio as aioredis
+            from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.retry import Retry
         except ImportError:
             raise ConfigurationError(
                 "redis_url", "needs the redis extra: pip install 'realtime_gateway[redis]'"
@@ -235,14 +238,22 @@ class Gateway:
             if self.metrics.cluster_messages_dropped == 1:
                 log(logging.WARNING, "cluster_message_dropped")
 
+        # One retry on a dropped connection: after a Redis restart the first command
+        # on each pooled connection fails although Redis is back.
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 2,
+            "retry": Retry(NoBackoff(), 1),
+            "retry_on_error": [RedisConnectionError],
+        }
         manager = ClusterManager(
             url,
             channel=config.redis_prefix,
             signer=signer,
             dropped=dropped,
             control=self._on_control,
+            redis_options=options,
         )
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        client = aioredis.Redis.from_url(url, socket_timeout=5, **options)
         registry = RedisRegistry(
             client,
             prefix=config.redis_prefix,
@@ -272,6 +283,12 @@ class Gateway:
                 ) from None
             await self._beat()
             self._heartbeat_task = asyncio.create_task(self._heartbeat())
+            server = self._server
+            if server is not None and not server.manager_initialized:
+                # python-socketio would subscribe only when the first client
+                # connects; a process must hear the others from the start.
+                server.manager_initialized = True
+                server.manager.initialize()
         self._started = True
 
     async def _heartbeat(self) -> None:
@@ -724,6 +741,8 @@ class Gateway:
             self._manager.thread.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._manager.thread
+        if self._manager is not None:
+            await self._manager.close()
         if self._cluster is not None:
             await self._cluster.close()
 

@@ -9,13 +9,16 @@ one more subclass whose fixture also empties the store afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from realtime_gateway import (
     Connection,
@@ -25,6 +28,9 @@ from realtime_gateway import (
     MemoryRegistry,
     Registry,
 )
+from realtime_gateway._cluster import RedisRegistry
+
+from .redis_server import RedisServer, redis_server_fixture  # noqa: F401 (the fixture)
 
 RegistryFactory = Callable[..., Registry]
 """``make_registry(reconnect_window=...)`` -> a new, empty registry."""
@@ -431,3 +437,165 @@ class TestMemoryRegistry(RegistryContract):
         assert len(registry) == 2
         await registry.remove("a1")
         assert len(registry) == 1
+
+
+REDIS_STEPS = 100
+
+
+class TestRedisRegistry(RegistryContract):
+    """The contract against :class:`RedisRegistry` on a real ``redis-server``, each
+    registry under a key prefix of its own, emptied and closed afterwards."""
+
+    @pytest.fixture
+    async def make_registry(self, redis_server: RedisServer) -> AsyncIterator[RegistryFactory]:
+        made: list[RedisRegistry] = []
+        test_prefix = f"rtg-test-{uuid.uuid4().hex[:12]}"
+
+        def make(*, reconnect_window: float = 60.0) -> Registry:
+            registry = RedisRegistry(
+                aioredis.Redis.from_url(redis_server.url),
+                prefix=f"{test_prefix}-{len(made)}",
+                ttl=15,
+                reconnect_window=reconnect_window,
+            )
+            made.append(registry)
+            return registry
+
+        try:
+            yield make
+        finally:
+            for registry in made:
+                async with asyncio.timeout(5):
+                    keys = [key async for key in registry.redis.scan_iter(f"{registry.prefix}:*")]
+                    if keys:
+                        await registry.redis.delete(*keys)
+                    await registry.redis.aclose()
+
+    # -- where the shared store differs from, or goes beyond, the contract -----------
+
+    async def test_to_json_shape(self, registry: Registry) -> None:
+        """The contract's shape plus ``process``: a cluster registry names the process
+        each socket lives on (``ConnectionInfo.to_json`` adds it when set), which the
+        contract's exact comparison, written for one process, leaves out."""
+        assert isinstance(registry, RedisRegistry)
+        conn = make_conn("s1", ALICE, "/chat")
+        await registry.add(conn)
+        for room in ("zeta", "alpha", "user:alice"):
+            await registry.join("s1", room)
+        info = await registry.get("s1")
+        assert info is not None
+        assert info.to_json() == {
+            "socketId": "s1",
+            "namespace": "/chat",
+            "userId": "alice",
+            "roles": ["admin", "nurse"],
+            "rooms": ["alpha", "user:alice", "zeta"],
+            "connectedAt": conn.connected_at,
+            "lastActivity": conn.last_activity,
+            "process": registry.process,
+        }
+        assert [entry.to_json() for entry in await registry.connections()] == [info.to_json()]
+
+    @pytest.mark.parametrize("seed", range(12))
+    async def test_random_sequences_match_a_model(self, registry: Registry, seed: int) -> None:
+        # Every step checks the whole state, a dozen round trips to Redis: fewer steps
+        # than in memory keep the twelve seeds within seconds.
+        await check_against_model(registry, random.Random(seed), steps=REDIS_STEPS)  # noqa: S311
+
+    async def test_two_processes_share_one_view(self, redis_server: RedisServer) -> None:
+        """Two registries on one prefix (two gateway processes): presence, users,
+        sockets and reconnections are the cluster's, whichever process is asked."""
+        async with shared_registries(redis_server.url, 2, ttl=15) as (one, two):
+            await one.add(make_conn("a1", ALICE))
+            await two.add(make_conn("a2", ALICE))
+            await two.add(make_conn("b1", BOB))
+            assert await one.join("a1", "room") is True
+            assert await two.join("a2", "room") is False, "alice is present through one"
+            assert await two.join("b1", "room") is True
+            for registry in (one, two):
+                assert await registry.presence("/", "room") == {"alice", "bob"}
+                assert await registry.users() == {"alice", "bob"}
+                where = {info.sid: info.process for info in await registry.connections()}
+                assert where == {"a1": one.process, "a2": two.process, "b1": two.process}
+                alice = {info.sid: info.process for info in await registry.user_sockets("alice")}
+                assert alice == {"a1": one.process, "a2": two.process}
+                info = await registry.get("a1")
+                assert info is not None
+                assert (info.process, info.rooms) == (one.process, frozenset({"room"}))
+            assert await one.leave("a1", "room") is False, "alice is still there through two"
+            assert await two.remove("a2") == {"room"}
+            assert await one.presence("/", "room") == {"bob"}
+            # alice left "/" through two: her next socket there, on one, is a reconnection.
+            assert await one.add(make_conn("a3", ALICE)) is True
+            await one.remove("a1")
+            await one.remove("a3")
+            await two.remove("b1")
+            await assert_empty(one, rooms=[("/", "room")])
+            await assert_empty(two, rooms=[("/", "room")])
+
+    async def test_a_silent_process_is_swept_within_ttl_and_a_heartbeat(
+        self, redis_server: RedisServer
+    ) -> None:
+        ttl = 0.5
+        async with shared_registries(redis_server.url, 2, ttl=ttl) as (dead, alive):
+            swept: list[tuple[ConnectionInfo, frozenset[str]]] = []
+
+            async def record(entries: list[tuple[ConnectionInfo, frozenset[str]]]) -> None:
+                swept.extend(entries)
+
+            alive.on_swept(record)
+            for sid in ("a1", "a2"):
+                await dead.add(make_conn(sid, ALICE, "/chat"))
+                await dead.join(sid, "conversation:c1")
+            await dead.join("a1", "alone")
+            await alive.add(make_conn("b1", BOB, "/chat"))
+            await alive.join("b1", "conversation:c1")
+            await dead.heartbeat()
+            last_beat = time.monotonic()
+            await alive.heartbeat()
+            assert set(await alive.cluster_stats()) == set(), "no figures published yet"
+            await dead.publish_stats({"connections_active": 2})
+            assert await alive.cluster_stats() == {dead.process: {"connections_active": 2}}
+            assert swept == []
+
+            # dead beats no more; alive beats every ttl / 3, as the gateway does.
+            async with asyncio.timeout(ttl * 10):
+                while not swept:
+                    await asyncio.sleep(ttl / 3)
+                    await alive.heartbeat()
+            assert time.monotonic() - last_beat < ttl + ttl / 3 + 0.5
+            assert sorted((info.sid, rooms) for info, rooms in swept) == [
+                # alice's presence ended with her process: announced once, not per socket.
+                ("a1", frozenset({"alone", "conversation:c1"})),
+                ("a2", frozenset()),
+            ]
+            assert all(info.process == dead.process for info, _ in swept)
+            assert await alive.presence("/chat", "conversation:c1") == {"bob"}
+            assert await alive.presence("/chat", "alone") == frozenset()
+            assert await alive.users() == {"bob"}
+            assert await alive.user_sockets("alice") == []
+            assert [info.sid for info in await alive.connections()] == ["b1"]
+            assert await alive.cluster_stats() == {}
+            # Swept once: later heartbeats find nothing more.
+            await alive.heartbeat()
+            assert len(swept) == 2
+
+
+@contextlib.asynccontextmanager
+async def shared_registries(
+    url: str, count: int, *, ttl: float
+) -> AsyncIterator[list[RedisRegistry]]:
+    """``count`` registries on one Redis and one prefix, as ``count`` processes have;
+    their connections are closed afterwards (the test's redis-server goes with it)."""
+    registries = [
+        RedisRegistry(
+            aioredis.Redis.from_url(url), prefix="rtg-shared", ttl=ttl, reconnect_window=60.0
+        )
+        for _ in range(count)
+    ]
+    try:
+        yield registries
+    finally:
+        async with asyncio.timeout(5):
+            for registry in registries:
+                await registry.redis.aclose()

@@ -50,4 +50,13 @@ pytest: $(STAMP) $(JS_CLIENT) system-packages
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules benchmarks/node/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks against raw python-socketio and Node's socket.io: writes
+# benchmarks/RESULTS.md. Node's socket.io goes into benchmarks/node/node_modules.
+.PHONY: bench
+bench: $(STAMP)
+	@test -f benchmarks/node/node_modules/socket.io/package.json || \
+		npm install --prefix benchmarks/node --no-audit --no-fund
+	@test -x $(VENV)/bin/py-spy || $(PY) -m pip install --quiet py-spy
+	$(PY) benchmarks/run.py

@@ -1,0 +1,1407 @@
+"""The benchmark harness: five scenarios, side by side, against three servers.
+
+    python benchmarks/run.py                      # the full run, writes benchmarks/RESULTS.md
+    python benchmarks/run.py --smoke --out /tmp/RESULTS.md   # a handful of clients
+
+Servers, each started as a subprocess on a free 127.0.0.1 port, fresh for every
+scenario, and ended by its pid:
+
+- A: realtime_gateway (signed tokens, reference rules, registry) on aiohttp;
+- B: raw python-socketio on aiohttp, no authentication;
+- C: Node's socket.io 4.x with an HMAC token middleware (its packages are installed
+  with npm into benchmarks/node/node_modules when missing).
+
+One load generator (``loadgen.py``, in this process) drives them all. Scenarios:
+S1 fan-out to 1,000 clients in one room (100 B and 1 KB payloads), S2 authenticated
+connects per second, S3 acknowledgement round trips with 1,000 clients connected,
+S4 idle memory per authenticated connection, S5 1,000 clients in 100 rooms of 10.
+Every ``bench:msg`` is checked: each client must get every sequence number in
+order. The exit status is 1 when a server failed a check, 2 when the harness could
+not run. Where a target of the full run is missed, the gateway server is profiled
+with py-spy under that scenario and the top frames go into the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import gc
+import hashlib
+import hmac
+import json
+import os
+import platform
+import random
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+from loadgen import Client, Delivery, LoadGenerator, ProtocolError, call_all, close_all
+
+from realtime_gateway import Identity, SignedTokenAuthenticator
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+NODE_DIR = BENCH_DIR / "node"
+NODE_SOCKET_IO = NODE_DIR / "node_modules" / "socket.io" / "package.json"
+DEFAULT_OUT = BENCH_DIR / "RESULTS.md"
+
+GATEWAY_SALT = "realtime_gateway.bench"  # the salt of servers/gateway_server.py
+TOKEN_TTL = 3600
+READY_TIMEOUT = 30.0  # seconds for a server to print "ready <port>"
+STOP_TIMEOUT = 10.0  # seconds for a server to exit after SIGTERM before SIGKILL
+CALL_TIMEOUT = 30.0  # seconds for any acknowledgement
+NPM_TIMEOUT = 300.0
+PROFILE_RATE = 200  # py-spy samples per second
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Sizes:
+    """How big each scenario is."""
+
+    fanout_clients: int
+    fanout_sizes: tuple[int, ...]
+    warmup_count: int  # messages per client in the warm-up run
+    run_seconds: float  # how long a measured run should last at the warm-up's rate
+    min_count: int  # messages per client in a measured run, at least
+    max_count: int  # and at most
+    runs: int  # measured runs; the median is reported
+    connects: int
+    connect_concurrency: int
+    connect_runs: int
+    ack_clients: int
+    ack_rounds: int
+    ack_gap: float  # mean seconds between two calls of one client
+    idle_connections: int
+    rooms: int
+    room_clients: int
+
+
+FULL = Sizes(
+    fanout_clients=1000,
+    fanout_sizes=(100, 1024),
+    warmup_count=20,
+    run_seconds=3.0,
+    min_count=20,
+    max_count=500,
+    runs=5,
+    connects=1000,
+    connect_concurrency=50,
+    connect_runs=3,
+    ack_clients=1000,
+    ack_rounds=5,
+    ack_gap=1.0,
+    idle_connections=2000,
+    rooms=100,
+    room_clients=1000,
+)
+SMOKE = Sizes(
+    fanout_clients=10,
+    fanout_sizes=(100, 1024),
+    warmup_count=2,
+    run_seconds=0.0,
+    min_count=5,
+    max_count=5,
+    runs=1,
+    connects=20,
+    connect_concurrency=5,
+    connect_runs=1,
+    ack_clients=10,
+    ack_rounds=2,
+    ack_gap=0.02,
+    idle_connections=20,
+    rooms=2,
+    room_clients=10,
+)
+
+
+# -- the servers ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class ServerSpec:
+    key: str
+    name: str
+    argv: tuple[str, ...]
+    auth: str  # "gateway", "hmac" or "none"
+
+
+SERVERS = (
+    ServerSpec(
+        "A",
+        "realtime_gateway",
+        (sys.executable, str(BENCH_DIR / "servers" / "gateway_server.py")),
+        "gateway",
+    ),
+    ServerSpec(
+        "B",
+        "python-socketio",
+        (sys.executable, str(BENCH_DIR / "servers" / "raw_server.py")),
+        "none",
+    ),
+    ServerSpec("C", "Node socket.io", ("node", str(NODE_DIR / "server.js")), "hmac"),
+)
+
+
+class Tokens:
+    """Tokens for each server's authentication, one user per connection."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self._gateway = SignedTokenAuthenticator([secret], salt=GATEWAY_SALT, max_age=TOKEN_TTL)
+        self._cache: dict[tuple[str, str], str | None] = {}
+
+    def token(self, auth: str, user_id: str) -> str | None:
+        key = (auth, user_id)
+        if key not in self._cache:
+            self._cache[key] = self._make(auth, user_id)
+        return self._cache[key]
+
+    def many(self, auth: str, count: int, prefix: str = "u") -> list[str | None]:
+        return [self.token(auth, f"{prefix}{index}") for index in range(count)]
+
+    def _make(self, auth: str, user_id: str) -> str | None:
+        if auth == "none":
+            return None
+        if auth == "gateway":
+            identity = Identity(user_id=user_id, roles=frozenset({"nurse"}))
+            return self._gateway.issue(identity, ttl=TOKEN_TTL)
+        claims = {"sub": user_id, "roles": ["nurse"], "exp": int(time.time()) + TOKEN_TTL}
+        body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        signature = hmac.new(self.secret.encode(), body.encode(), hashlib.sha256).digest()
+        return f"{body}.{_b64(signature)}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class ServerProcess:
+    """One benchmark server as a subprocess, started on any free port of 127.0.0.1
+    and always ended by its pid."""
+
+    pin: int | None = None  # the CPU servers are pinned to (see pin_cpus)
+
+    def __init__(
+        self, spec: ServerSpec, secret: str, log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.spec = spec
+        self.secret = secret
+        self.env = env or {}
+        self.log_path = log_dir / f"server-{spec.key}-{secrets.token_hex(4)}.log"
+        self._log: IO[bytes] = self.log_path.open("wb")
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> ServerProcess:
+        env = {**os.environ, **self.env, "BENCH_SECRET": self.secret, "PYTHONUNBUFFERED": "1"}
+        try:
+            pin = () if self.pin is None else ("taskset", "-c", str(self.pin))
+            self.process = await asyncio.create_subprocess_exec(
+                *pin,
+                *self.spec.argv,
+                "--port",
+                "0",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                env=env,
+                cwd=ROOT,
+            )
+            assert self.process.stdout is not None
+            line = await asyncio.wait_for(self.process.stdout.readline(), READY_TIMEOUT)
+            words = line.decode(errors="replace").split()
+            if len(words) != 2 or words[0] != "ready" or not words[1].isdigit():
+                raise RuntimeError(f"server {self.spec.key} did not start: {self.log_tail()}")
+            self.port = int(words[1])
+            self._drain = asyncio.create_task(self._drain_stdout(self.process.stdout))
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _drain_stdout(self, stream: asyncio.StreamReader) -> None:
+        while await stream.read(65536):
+            pass
+
+    async def stop(self) -> None:
+        process = self.process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+        self._log.close()
+
+    def log_tail(self, chars: int = 2000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def rss_kib(self) -> int:
+        """Resident memory (VmRSS) in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server has used."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- profiling ------------------------------------------------------------------------
+
+
+def py_spy_path() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+class Profiler:
+    """py-spy recording one server process while a scenario's measured part runs."""
+
+    def __init__(self, py_spy: str, out_dir: Path) -> None:
+        self.py_spy = py_spy
+        self.out_dir = out_dir
+        self.samples: Counter[str] = Counter()
+        self.error: str | None = None
+
+    @contextlib.asynccontextmanager
+    async def record(self, pid: int) -> AsyncIterator[None]:
+        output = self.out_dir / f"profile-{pid}-{secrets.token_hex(4)}.txt"
+        process = await asyncio.create_subprocess_exec(
+            self.py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(PROFILE_RATE),
+            "--function",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            await asyncio.sleep(0.5)  # py-spy attaches
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+            try:
+                _, err = await asyncio.wait_for(process.communicate(), 60)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+                err = b"py-spy did not stop"
+            if output.exists():
+                for line in output.read_text().splitlines():
+                    stack, _, count = line.rpartition(" ")
+                    if stack and count.isdigit():
+                        self.samples[stack] += int(count)
+            else:
+                self.error = err.decode(errors="replace").strip()[-500:] or "no output"
+
+    def top(self, limit: int = 12) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        """(top frames by own time, top frames by time including callees), in % of
+        the samples; event-loop and harness plumbing is left out of the second."""
+        total = sum(self.samples.values())
+        own: Counter[str] = Counter()
+        inclusive: Counter[str] = Counter()
+        for stack, count in self.samples.items():
+            frames = [_short_frame(frame) for frame in stack.split(";") if frame]
+            if not frames:
+                continue
+            own[frames[-1]] += count
+            for frame in set(frames):
+                inclusive[frame] += count
+        plumbing = ("asyncio/", "<module>", "main (", "run (", "events.py", "runners.py")
+        busy = [
+            (frame, count)
+            for frame, count in inclusive.most_common()
+            if not any(part in frame for part in plumbing)
+        ]
+        if not total:
+            return [], []
+        return (
+            [(frame, 100 * count / total) for frame, count in own.most_common(limit)],
+            [(frame, 100 * count / total) for frame, count in busy[:limit]],
+        )
+
+
+def _short_frame(frame: str) -> str:
+    for marker in ("site-packages/", "lib/python3"):
+        at = frame.find(marker)
+        if at >= 0:
+            start = frame.rfind("(", 0, at) + 1
+            rest = frame[at + len(marker) :]
+            if marker == "lib/python3":
+                rest = rest.split("/", 1)[-1]
+            return frame[:start] + rest
+    return frame.replace(str(ROOT) + "/", "")
+
+
+class MemoryProfiler:
+    """tracemalloc snapshots of the gateway server (which takes one on SIGUSR1 when
+    started with ``BENCH_TRACEMALLOC``), compared to tell where a connection's memory
+    goes."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.folder = out_dir / f"tracemalloc-{secrets.token_hex(4)}"
+        self.folder.mkdir()
+        self.taken = 0
+        self.snapshots: list[Path] = []
+        self.connections = 0
+        self.error: str | None = None
+        self.heap_kb = 0.0  # Python heap growth per connection
+        self.files: list[tuple[str, float]] = []  # top files, KB per connection
+        self.lines: list[tuple[str, float]] = []  # top lines, KB per connection
+        self.packages: list[tuple[str, float]] = []  # by package, KB per connection
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"BENCH_TRACEMALLOC": str(self.folder)}
+
+    async def snapshot(self, server: ServerProcess) -> None:
+        self.taken += 1
+        path = self.folder / f"snapshot-{self.taken}.tracemalloc"
+        assert server.process is not None
+        server.process.send_signal(signal.SIGUSR1)
+        async with asyncio.timeout(60):
+            while not path.exists():  # noqa: ASYNC110 (a file another process writes)
+                await asyncio.sleep(0.1)
+        self.snapshots.append(path)
+
+    def analyse(self, limit: int = 12) -> None:
+        """Compare the first two snapshots: the Python heap's growth per connection,
+        and the files and lines that grew most (KB per connection)."""
+        if len(self.snapshots) < 2 or not self.connections:
+            return
+        ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+        before = tracemalloc.Snapshot.load(str(self.snapshots[0])).filter_traces(ignore)
+        after = tracemalloc.Snapshot.load(str(self.snapshots[1])).filter_traces(ignore)
+        per = 1024 * self.connections
+
+        def growth(key: str) -> list[tuple[str, float]]:
+            stats = sorted(after.compare_to(before, key), key=lambda s: -s.size_diff)
+            return [
+                (_short_frame(str(stat.traceback[0])), stat.size_diff / per)
+                for stat in stats[:limit]
+                if stat.size_diff > 0
+            ]
+
+        by_file = after.compare_to(before, "filename")
+        packages: Counter[str] = Counter()
+        for stat in by_file:
+            packages[_package(str(stat.traceback[0].filename))] += stat.size_diff
+        self.packages = [(name, size / per) for name, size in packages.most_common()]
+        self.heap_kb = sum(stat.size_diff for stat in by_file) / per
+        self.files, self.lines = growth("filename"), growth("lineno")
+
+
+PACKAGES = (
+    ("realtime_gateway/", "realtime_gateway"),
+    ("benchmarks/", "the benchmark server"),
+    ("aiohttp/", "aiohttp"),
+    ("engineio/", "python-engineio"),
+    ("socketio/", "python-socketio"),
+    ("asyncio/", "asyncio"),
+    ("multidict/", "multidict"),
+    ("attr/", "attrs"),
+    ("itsdangerous/", "itsdangerous"),
+)
+
+
+def _package(filename: str) -> str:
+    for marker, name in PACKAGES:
+        if marker in filename:
+            return name
+    return "other (standard library)" if "/lib/python3" in filename else "other"
+
+
+# -- results ----------------------------------------------------------------------------
+
+
+@attrs.define
+class Measure:
+    """One row of the table: a figure per server."""
+
+    scenario: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    values: dict[str, float | None] = attrs.field(factory=dict)
+    counts: dict[str, int] = attrs.field(factory=dict)  # messages per client per run
+    spread: dict[str, tuple[float, float]] = attrs.field(factory=dict)  # slowest, fastest run
+
+
+@attrs.define
+class Check:
+    """Did a server do everything right in a scenario (every message, in order)?"""
+
+    scenario: str
+    server: str
+    expected: int = 0
+    received: int = 0
+    in_order: bool = True
+    errors: list[str] = attrs.field(factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.in_order and self.received == self.expected and not self.errors
+
+    def add(self, delivery: Delivery) -> None:
+        self.expected += delivery.expected
+        self.received += delivery.received
+        self.in_order = self.in_order and delivery.in_order
+        self.errors.extend(delivery.errors[: max(0, 5 - len(self.errors))])
+
+    def fail(self, error: str) -> None:
+        self.in_order = False
+        if len(self.errors) < 5:
+            self.errors.append(error)
+
+
+@attrs.define
+class Target:
+    """A performance target the gateway is held to."""
+
+    text: str
+    label: str  # the Measure it is about
+    kind: str  # "ratio_at_least", "ratio_at_most" or "value_at_most"
+    threshold: float
+    versus: str = "B"  # for ratios
+    value: float | None = None
+    met: bool | None = None
+    gap: str = ""
+
+
+TARGETS = (
+    Target("S1 100 B deliveries/s >= 1.0x Node", "S1-100", "ratio_at_least", 1.0, "C"),
+    Target("S1 100 B deliveries/s >= 5x python-socketio", "S1-100", "ratio_at_least", 5.0, "B"),
+    Target("S1 1 KB deliveries/s >= 1.0x Node", "S1-1024", "ratio_at_least", 1.0, "C"),
+    Target("S1 1 KB deliveries/s >= 5x python-socketio", "S1-1024", "ratio_at_least", 5.0, "B"),
+    Target("S2 connects/s >= 0.9x python-socketio (no auth)", "S2", "ratio_at_least", 0.9, "B"),
+    Target("S3 p99 <= 1.2x python-socketio", "S3-p99", "ratio_at_most", 1.2, "B"),
+    Target("S4 <= 12 KB per idle authenticated connection", "S4", "value_at_most", 12.0),
+    Target("S5 deliveries/s >= 1.0x Node", "S5", "ratio_at_least", 1.0, "C"),
+)
+
+
+class Results:
+    def __init__(self, servers: Sequence[ServerSpec]) -> None:
+        self.servers = list(servers)
+        self.measures: dict[str, Measure] = {}
+        self.checks: dict[tuple[str, str], Check] = {}
+        self.extensions: dict[str, set[str]] = {spec.key: set() for spec in servers}
+        self.offered: set[str] = set()
+        self.cpu: dict[tuple[str, str], float] = {}  # server µs of CPU per delivery
+        self.loadgen_busy: dict[tuple[str, str], float] = {}  # load generator busy share
+        self.profiles: dict[str, Profiler] = {}
+        self.memory_profile: MemoryProfiler | None = None
+        self.errors: list[str] = []
+
+    def measure(
+        self, key: str, scenario: str, label: str, unit: str, *, higher_is_better: bool
+    ) -> Measure:
+        if key not in self.measures:
+            self.measures[key] = Measure(scenario, label, unit, higher_is_better)
+        return self.measures[key]
+
+    def check(self, scenario: str, server: str) -> Check:
+        return self.checks.setdefault((scenario, server), Check(scenario, server))
+
+    def ratio(self, key: str, versus: str) -> float | None:
+        measure = self.measures.get(key)
+        if measure is None:
+            return None
+        mine, theirs = measure.values.get("A"), measure.values.get(versus)
+        if mine is None or not theirs:
+            return None
+        return mine / theirs
+
+    def evaluate(self) -> list[Target]:
+        evaluated = []
+        for template in TARGETS:
+            target = attrs.evolve(template)
+            if target.kind == "value_at_most":
+                measure = self.measures.get(target.label)
+                target.value = None if measure is None else measure.values.get("A")
+            else:
+                target.value = self.ratio(target.label, target.versus)
+            if target.value is not None:
+                if target.kind == "ratio_at_least":
+                    target.met = target.value >= target.threshold
+                    target.gap = f"{target.value:.2f}x" + (
+                        "" if target.met else f", {1 - target.value / target.threshold:.0%} short"
+                    )
+                elif target.kind == "ratio_at_most":
+                    target.met = target.value <= target.threshold
+                    target.gap = f"{target.value:.2f}x" + (
+                        "" if target.met else f", {target.value / target.threshold - 1:.0%} over"
+                    )
+                else:
+                    target.met = target.value <= target.threshold
+                    target.gap = f"{target.value:.1f} KB" + (
+                        "" if target.met else f", {target.value / target.threshold - 1:.0%} over"
+                    )
+            evaluated.append(target)
+        return evaluated
+
+
+# -- scenarios -----------------------------------------------------------------------
+
+
+@attrs.define
+class Context:
+    sizes: Sizes
+    tokens: Tokens
+    results: Results
+    profiler: Profiler | None = None  # set when profiling the gateway's CPU
+    memory: MemoryProfiler | None = None  # set when tracing the gateway's memory
+
+    @contextlib.asynccontextmanager
+    async def measuring(self, server: ServerProcess) -> AsyncIterator[None]:
+        """Around a scenario's measured part: the load generator's cyclic garbage
+        collector is paused (its pauses would show as the servers' latency), and the
+        server is profiled when asked to."""
+        gc.collect()
+        gc.disable()
+        try:
+            if self.profiler is None:
+                yield
+            else:
+                async with self.profiler.record(server.pid):
+                    yield
+        finally:
+            gc.enable()
+
+
+async def _connect(
+    gen: LoadGenerator, ctx: Context, spec: ServerSpec, count: int, prefix: str = "u"
+) -> list[Client]:
+    tokens = ctx.tokens.many(spec.auth, count, prefix)
+    clients, _ = await gen.connect_many(tokens, concurrency=ctx.sizes.connect_concurrency)
+    return clients
+
+
+def _succeeded(answer: Any) -> bool:
+    return isinstance(answer, dict) and answer.get("success") is True
+
+
+async def _deliver(
+    server: ServerProcess,
+    controller: Client,
+    clients: Sequence[Client],
+    event: str,
+    request: dict[str, Any],
+    count: int,
+    size: int,
+) -> tuple[Delivery, float, float]:
+    """One run: every client expects ``count`` messages of ``size``; the controller
+    asks for them. Returns the delivery, the server's CPU seconds and the load
+    generator's."""
+    delivery = Delivery(clients=len(clients), count=count, size=size)
+    for client in clients:
+        client.expect(delivery)
+    timeout = max(30.0, delivery.expected / 2000)
+    cpu_before, own_before = server.cpu_seconds(), time.process_time()
+    delivery.started = time.perf_counter()
+    answer = await controller.call(event, request, within=timeout)
+    if not _succeeded(answer):
+        raise ProtocolError(f"{event} answered {answer!r}")
+    if not await delivery.wait(timeout):
+        delivery.error(
+            f"timed out after {timeout:.0f} s with {delivery.received} of "
+            f"{delivery.expected} messages"
+        )
+    return delivery, server.cpu_seconds() - cpu_before, time.process_time() - own_before
+
+
+async def _fanout_runs(
+    ctx: Context,
+    spec: ServerSpec,
+    server: ServerProcess,
+    key: str,
+    clients: Sequence[Client],
+    controller: Client,
+    event: str,
+    request: Callable[[int], dict[str, Any]],
+    size: int,
+) -> None:
+    """A warm-up run, then ``runs`` measured runs, each of as many messages per client
+    as last about ``run_seconds`` at the warm-up's rate; records the median
+    deliveries/s under ``key``."""
+    sizes = ctx.sizes
+    measure = ctx.results.measures[key]
+    check = ctx.results.check(measure.scenario, spec.key)
+    warmup, _, _ = await _deliver(
+        server, controller, clients, event, request(sizes.warmup_count), sizes.warmup_count, size
+    )
+    check.add(warmup)
+    if not warmup.in_order:
+        return
+    warmup_rate = warmup.expected / warmup.elapsed
+    count = round(warmup_rate * sizes.run_seconds / len(clients))
+    count = min(max(count, sizes.min_count), sizes.max_count)
+    rates: list[float] = []
+    cpu_total = own_total = wall_total = 0.0
+    delivered = 0
+    async with ctx.measuring(server):
+        for _ in range(sizes.runs):
+            delivery, cpu, own = await _deliver(
+                server, controller, clients, event, request(count), count, size
+            )
+            check.add(delivery)
+            if not delivery.in_order:
+                return
+            rates.append(delivery.expected / delivery.elapsed)
+            cpu_total, own_total = cpu_total + cpu, own_total + own
+            wall_total += delivery.elapsed
+            delivered += delivery.expected
+    measure.values[spec.key] = statistics.median(rates)
+    measure.counts[spec.key] = count
+    measure.spread[spec.key] = (min(rates), max(rates))
+    ctx.results.cpu[(key, spec.key)] = 1e6 * cpu_total / delivered
+    ctx.results.loadgen_busy[(key, spec.key)] = own_total / wall_total
+
+
+def _fanout_request(size: int) -> Callable[[int], dict[str, Any]]:
+    def request(count: int) -> dict[str, Any]:
+        return {"room": "bench:all", "count": count, "size": size}
+
+    return request
+
+
+async def scenario_fanout(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
+    """S1: 1,000 clients in one room; the server emits each message to the room."""
+    sizes = ctx.sizes
+    for size in sizes.fanout_sizes:
+        ctx.results.measure(
+            f"S1-{size}",
+            "S1",
+            f"S1 fan-out, {sizes.fanout_clients:,} clients in 1 room, {_bytes(size)}",
+            "deliveries/s",
+            higher_is_better=True,
+        )
+    async with LoadGenerator(server.url) as gen:
+        clients = await _connect(gen, ctx, spec, sizes.fanout_clients)
+        opened = list(clients)
+        try:
+            controller = await gen.connect(ctx.tokens.token(spec.auth, "controller"))
+            opened.append(controller)
+            await call_all(
+                clients,
+                "bench:join",
+                lambda index: "bench:all",
+                within=CALL_TIMEOUT,
+                check=_succeeded,
+            )
+            for size in sizes.fanout_sizes:
+                await _fanout_runs(
+                    ctx,
+                    spec,
+                    server,
+                    f"S1-{size}",
+                    clients,
+                    controller,
+                    "bench:fanout",
+                    _fanout_request(size),
+                    size,
+                )
+        finally:
+            await close_all(opened)
+        _record_extensions(ctx, spec, gen)
+
+
+async def scenario_rooms(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
+    """S5: 1,000 clients in 100 rooms of 10; messages go to each room in turn."""
+    sizes = ctx.sizes
+    per_room = sizes.room_clients // sizes.rooms
+    ctx.results.measure(
+        "S5",
+        "S5",
+        f"S5 {sizes.room_clients:,} clients in {sizes.rooms} rooms of {per_room}, 100 B",
+        "deliveries/s",
+        higher_is_better=True,
+    )
+    async with LoadGenerator(server.url) as gen:
+        clients = await _connect(gen, ctx, spec, sizes.room_clients)
+        opened = list(clients)
+        try:
+            controller = await gen.connect(ctx.tokens.token(spec.auth, "controller"))
+            opened.append(controller)
+            await call_all(
+                clients,
+                "bench:join",
+                lambda index: f"bench:{index % sizes.rooms}",
+                within=CALL_TIMEOUT,
+                check=_succeeded,
+            )
+            await _fanout_runs(
+                ctx,
+                spec,
+                server,
+                "S5",
+                clients,
+                controller,
+                "bench:rooms",
+                lambda count: {"rooms": sizes.rooms, "count": count, "size": 100},
+                100,
+            )
+        finally:
+            await close_all(opened)
+        _record_extensions(ctx, spec, gen)
+
+
+async def scenario_connects(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
+    """S2: authenticated connects per second, ``connect_concurrency`` at a time."""
+    sizes = ctx.sizes
+    measure = ctx.results.measure(
+        "S2",
+        "S2",
+        f"S2 connects ({sizes.connects:,}, {sizes.connect_concurrency} at a time; B: no auth)",
+        "connects/s",
+        higher_is_better=True,
+    )
+    check = ctx.results.check("S2", spec.key)
+    async with LoadGenerator(server.url) as gen:
+        warmup = await _connect(gen, ctx, spec, sizes.connect_concurrency, prefix="w")
+        await close_all(warmup)
+        rates = []
+        async with ctx.measuring(server):
+            for run in range(sizes.connect_runs):
+                tokens = ctx.tokens.many(spec.auth, sizes.connects, prefix=f"r{run}-")
+                clients, elapsed = await gen.connect_many(
+                    tokens, concurrency=sizes.connect_concurrency
+                )
+                check.expected += len(tokens)
+                check.received += len(clients)
+                rates.append(len(clients) / elapsed)
+                await close_all(clients)
+                await asyncio.sleep(0.5)  # let the server forget them
+        measure.values[spec.key] = statistics.median(rates)
+        _record_extensions(ctx, spec, gen)
+
+
+async def scenario_acks(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
+    """S3: 1,000 clients connected, each calling ``bench:echo`` one at a time at
+    random intervals (about ``ack_clients / ack_gap`` calls per second overall);
+    the round trip from send to acknowledgement."""
+    sizes = ctx.sizes
+    p50 = ctx.results.measure(
+        "S3-p50",
+        "S3",
+        f"S3 ack round trip p50, {sizes.ack_clients:,} clients connected",
+        "ms",
+        higher_is_better=False,
+    )
+    p99 = ctx.results.measure(
+        "S3-p99",
+        "S3",
+        f"S3 ack round trip p99, {sizes.ack_clients:,} clients connected",
+        "ms",
+        higher_is_better=False,
+    )
+    check = ctx.results.check("S3", spec.key)
+    rng = random.Random(7)  # noqa: S311 (pacing, not secrets)
+    text = "x" * 64
+    round_trips: list[float] = []
+
+    async def calls(index: int, client: Client, rounds: int, record: bool) -> None:
+        for round_ in range(rounds):
+            await asyncio.sleep(rng.uniform(0, 2 * sizes.ack_gap))
+            payload = {"client": index, "round": round_, "text": text}
+            started = time.perf_counter()
+            answer = await client.call("bench:echo", payload, within=CALL_TIMEOUT)
+            elapsed = time.perf_counter() - started
+            check.expected += 1
+            if answer == {"success": True, "payload": payload}:
+                check.received += 1
+            else:
+                check.fail(f"bench:echo answered {answer!r}")
+            if record:
+                round_trips.append(elapsed * 1000)
+
+    async with LoadGenerator(server.url) as gen:
+        clients = await _connect(gen, ctx, spec, sizes.ack_clients)
+        try:
+            await asyncio.gather(*(calls(i, c, 1, False) for i, c in enumerate(clients)))
+            async with ctx.measuring(server):
+                await asyncio.gather(
+                    *(calls(i, c, sizes.ack_rounds, True) for i, c in enumerate(clients))
+                )
+        finally:
+            await close_all(clients)
+        _record_extensions(ctx, spec, gen)
+    ordered = sorted(round_trips)
+    p50.values[spec.key] = _percentile(ordered, 50)
+    p99.values[spec.key] = _percentile(ordered, 99)
+
+
+async def scenario_memory(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
+    """S4: the server's RSS growth per idle authenticated connection."""
+    sizes = ctx.sizes
+    measure = ctx.results.measure(
+        "S4",
+        "S4",
+        f"S4 idle memory per connection (RSS delta at {sizes.idle_connections:,}; B: no auth)",
+        "KB",
+        higher_is_better=False,
+    )
+    check = ctx.results.check("S4", spec.key)
+    async with LoadGenerator(server.url) as gen:
+        warmup = await _connect(gen, ctx, spec, sizes.connect_concurrency, prefix="w")
+        await close_all(warmup)
+        await asyncio.sleep(1.0)
+        before = server.rss_kib()
+        if ctx.memory is not None:
+            await ctx.memory.snapshot(server)
+        tokens = ctx.tokens.many(spec.auth, sizes.idle_connections)
+        clients, _ = await gen.connect_many(tokens, concurrency=sizes.connect_concurrency)
+        try:
+            check.expected, check.received = len(tokens), len(clients)
+            await asyncio.sleep(2.0)  # idle
+            after = server.rss_kib()
+            if ctx.memory is not None:
+                await ctx.memory.snapshot(server)
+                ctx.memory.connections = len(clients)
+        finally:
+            await close_all(clients)
+        _record_extensions(ctx, spec, gen)
+    measure.values[spec.key] = (after - before) / len(clients)
+
+
+def _record_extensions(ctx: Context, spec: ServerSpec, gen: LoadGenerator) -> None:
+    ctx.results.extensions[spec.key] |= gen.extensions
+    ctx.results.offered |= gen.offered
+
+
+def _percentile(ordered: Sequence[float], percent: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    if not ordered:
+        return float("nan")
+    rank = max(1, round(percent / 100 * len(ordered) + 0.5 - 1e-9))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _bytes(size: int) -> str:
+    return f"{size // 1024} KB" if size % 1024 == 0 else f"{size} B"
+
+
+Scenario = Callable[[Context, ServerSpec, ServerProcess], Awaitable[None]]
+SCENARIOS: dict[str, Scenario] = {
+    "S1": scenario_fanout,
+    "S2": scenario_connects,
+    "S3": scenario_acks,
+    "S4": scenario_memory,
+    "S5": scenario_rooms,
+}
+TARGET_SCENARIO = {"S1-100": "S1", "S1-1024": "S1", "S2": "S2", "S3-p99": "S3", "S4": "S4"}
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+async def run_scenario(
+    name: str, ctx: Context, specs: Sequence[ServerSpec], secret: str, log_dir: Path
+) -> None:
+    for spec in specs:
+        print(f"  {name} on {spec.key} ({spec.name}) ...", flush=True)
+        started = time.perf_counter()
+        async with ServerProcess(spec, secret, log_dir) as server:
+            try:
+                await SCENARIOS[name](ctx, spec, server)
+            except Exception as exc:
+                message = f"{name} on {spec.key}: {type(exc).__name__}: {exc}"
+                ctx.results.errors.append(message)
+                ctx.results.check(name, spec.key).fail(f"{type(exc).__name__}: {exc}")
+                print(f"    failed: {message}\n{server.log_tail(800)}", flush=True)
+        print(f"    done in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+class HarnessError(Exception):
+    """The benchmarks cannot run at all."""
+
+
+def ensure_node_packages() -> None:
+    """Install Node's socket.io into benchmarks/node/node_modules if it is missing."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise HarnessError("node and npm are needed for server C (Node's socket.io)")
+    if NODE_SOCKET_IO.exists():
+        return
+    print("installing Node's socket.io into benchmarks/node/node_modules ...", flush=True)
+    command = ["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"]
+    try:
+        done = subprocess.run(  # noqa: S603 (a fixed command)
+            command, cwd=ROOT, capture_output=True, text=True, timeout=NPM_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"npm install took more than {NPM_TIMEOUT:.0f} s") from None
+    if done.returncode != 0 or not NODE_SOCKET_IO.exists():
+        raise HarnessError(f"npm install failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+def pin_cpus() -> str:
+    """With two CPUs or more, and taskset at hand, the load generator (this process)
+    runs on the first CPU and every server on the second, so that the two never
+    compete for one core and the scheduler does not move them around. Says what
+    was done."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return "none (fewer than 2 CPUs or no taskset): the OS schedules everything"
+    os.sched_setaffinity(0, {cpus[0]})
+    ServerProcess.pin = cpus[1]
+    return f"load generator on CPU {cpus[0]}, each server (all its threads) on CPU {cpus[1]}"
+
+
+def raise_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+async def run(args: argparse.Namespace) -> Results:
+    sizes = SMOKE if args.smoke else FULL
+    specs = [spec for spec in SERVERS if spec.key in args.servers]
+    names = [name for name in SCENARIOS if name in args.scenarios]
+    secret = secrets.token_urlsafe(32)
+    results = Results(specs)
+    ctx = Context(sizes=sizes, tokens=Tokens(secret), results=results)
+    with tempfile.TemporaryDirectory(prefix="rtg-bench-") as tmp:
+        log_dir = Path(tmp)
+        for name in names:
+            print(f"{name}:", flush=True)
+            await run_scenario(name, ctx, specs, secret, log_dir)
+            print(scenario_table(results, name, specs), flush=True)
+        if args.profile and not args.smoke and any(spec.key == "A" for spec in specs):
+            await profile_missed(results, sizes, secret, log_dir, also=args.also_profile)
+    return results
+
+
+async def profile_missed(
+    results: Results, sizes: Sizes, secret: str, log_dir: Path, also: Sequence[str] = ()
+) -> None:
+    """Run each scenario whose target the gateway missed (and those in ``also``) once
+    more, under py-spy (S4: tracing memory with tracemalloc)."""
+    missed = sorted(
+        {TARGET_SCENARIO.get(t.label, t.label) for t in results.evaluate() if t.met is False}
+        | set(also)
+    )
+    if not missed:
+        return
+    py_spy = py_spy_path()
+    gateway = next(spec for spec in SERVERS if spec.key == "A")
+    for name in missed:
+        # A separate Results: the profiled run's figures are skewed by the profiling.
+        scratch = Results([gateway])
+        ctx = Context(sizes=sizes, tokens=Tokens(secret), results=scratch)
+        env: dict[str, str] = {}
+        if name == "S4":
+            print("tracing the gateway's memory under S4 ...", flush=True)
+            ctx.memory = results.memory_profile = MemoryProfiler(log_dir)
+            env = ctx.memory.env
+        elif py_spy is None:
+            results.errors.append(f"py-spy is not installed: no profile of {name}")
+            continue
+        else:
+            print(f"profiling the gateway under {name} ...", flush=True)
+            ctx.profiler = results.profiles[name] = Profiler(py_spy, log_dir)
+        async with ServerProcess(gateway, secret, log_dir, env) as server:
+            try:
+                await SCENARIOS[name](ctx, gateway, server)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if ctx.memory is not None:
+                    ctx.memory.error = error
+                if ctx.profiler is not None:
+                    ctx.profiler.error = error
+        if ctx.memory is not None:
+            ctx.memory.analyse()
+
+
+# -- reporting ----------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "failed"
+    if unit in ("deliveries/s", "connects/s"):
+        return f"{value:,.0f}"
+    if unit == "ms":
+        return f"{value:.2f}"
+    return f"{value:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def table_rows(results: Results, measures: Sequence[tuple[str, Measure]]) -> list[str]:
+    specs = results.servers
+    header = ["Scenario", "unit", *(f"{spec.key}: {spec.name}" for spec in specs)]
+    keys = {spec.key for spec in specs}
+    if "A" in keys:
+        header += [f"A/{other}" for other in ("B", "C") if other in keys]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, measure in measures:
+        cells = [measure.label, measure.unit]
+        cells += [_fmt(measure.values.get(spec.key), measure.unit) for spec in specs]
+        if "A" in keys:
+            cells += [_ratio(results.ratio(key, other)) for other in ("B", "C") if other in keys]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def scenario_table(results: Results, name: str, specs: Sequence[ServerSpec]) -> str:
+    measures = [(key, m) for key, m in results.measures.items() if m.scenario == name]
+    lines = table_rows(results, measures)
+    for spec in specs:
+        check = results.checks.get((name, spec.key))
+        if check is not None:
+            verdict = "ok" if check.ok else "FAILED " + "; ".join(check.errors)
+            lines.append(f"  {spec.key}: {check.received:,}/{check.expected:,} {verdict}")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def versions() -> dict[str, str]:
+    found = {"Python": platform.python_version()}
+    for package in ("realtime-gateway", "python-socketio", "python-engineio", "aiohttp"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    try:
+        node = subprocess.run(
+            ["node", "--version"],  # noqa: S607 (node from PATH, as the servers use)
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        node = "not found"
+    found["Node"] = node
+    for package in ("socket.io", "engine.io", "ws"):
+        manifest = NODE_DIR / "node_modules" / package / "package.json"
+        try:
+            found[f"{package} (npm)"] = json.loads(manifest.read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            found[f"{package} (npm)"] = "not installed"
+    return found
+
+
+def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
+    sizes = SMOKE if args.smoke else FULL
+    targets = results.evaluate()
+    lines = [
+        "# Benchmark results"
+        + (" (smoke run: a handful of clients, not a measurement)" if args.smoke else ""),
+        "",
+        f"Produced by `make bench` (`benchmarks/run.py`) on "
+        f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} in {elapsed:.0f} s.",
+        "Servers on 127.0.0.1, each fresh for every scenario, all driven by the same load",
+        "generator (`benchmarks/loadgen.py`, one asyncio process, aiohttp websockets "
+        "offering permessage-deflate).",
+        "",
+        "- **A**: realtime_gateway on aiohttp: signed-token auth (itsdangerous), the "
+        "reference rules plus a rule for `bench:{room}`, the registry on, rate limit off.",
+        "- **B**: raw python-socketio `AsyncServer` on aiohttp with its defaults, no auth.",
+        "- **C**: Node socket.io 4.x with its defaults and an HMAC-SHA256 token middleware.",
+        "",
+        "## Machine",
+        "",
+    ]
+    lines += [f"- {name}: {value}" for name, value in machine().items()]
+    lines.append(f"- CPU pinning: {args.pinning}")
+    lines += ["", "## Versions", ""]
+    lines += [f"- {name}: {value}" for name, value in versions().items()]
+    lines += ["", "## Results", ""]
+    lines += table_rows(results, list(results.measures.items()))
+    lines += [
+        "",
+        f"S1 and S5: the median of {sizes.runs} runs after a warm-up run of "
+        f"{sizes.warmup_count} messages per client; each measured run asks for as many "
+        f"messages per client as last about {sizes.run_seconds:g} s at the warm-up's rate "
+        f"({sizes.min_count} to {sizes.max_count}; S5: per room) and lasts until every "
+        f"client has every message. S2: the median of {sizes.connect_runs} runs. S3: each "
+        f"client calls `bench:echo` {sizes.ack_rounds} times, one at a time, after random "
+        f"pauses of 0 to {2 * sizes.ack_gap:g} s (about "
+        f"{sizes.ack_clients / sizes.ack_gap:,.0f} calls/s overall). S4: RSS (VmRSS) "
+        "growth of the server process from before to 2 s after the connects, divided "
+        "by the connections. KB = 1,024 bytes.",
+        "",
+        "### Where the time went (S1, S5)",
+        "",
+        "Server CPU time per delivery during the measured runs, how busy the load "
+        "generator's own process was meanwhile (near 100% would mean the figure is "
+        "bounded by the load generator, not the server), the messages per client in "
+        "each measured run, and the slowest and fastest run (thousands of deliveries/s).",
+        "",
+    ]
+    keys = [key for key, m in results.measures.items() if m.unit == "deliveries/s"]
+    header = ["Scenario"]
+    for spec in results.servers:
+        header += [
+            f"{spec.key} µs/delivery",
+            f"{spec.key} load gen. busy",
+            f"{spec.key} msgs/run",
+            f"{spec.key} runs",
+        ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key in keys:
+        measure = results.measures[key]
+        cells = [measure.label]
+        for spec in results.servers:
+            cpu = results.cpu.get((key, spec.key))
+            busy = results.loadgen_busy.get((key, spec.key))
+            count = measure.counts.get(spec.key)
+            cells.append("-" if cpu is None else f"{cpu:.2f}")
+            cells.append("-" if busy is None else f"{busy:.0%}")
+            cells.append("-" if count is None else str(count))
+            low, high = measure.spread.get(spec.key, (0.0, 0.0))
+            cells.append(f"{low / 1000:.0f}k to {high / 1000:.0f}k" if high else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Delivery checks", ""]
+    lines += [
+        "Every `bench:msg` is checked by the load generator: each client must receive "
+        "every sequence number of a run, in order, with the payload's size; S2/S4 count "
+        "the connections made, S3 the acknowledgements that echoed the payload.",
+        "",
+        "| Scenario | " + " | ".join(spec.key for spec in results.servers) + " |",
+        "|---|" + "---|" * len(results.servers),
+    ]
+    for name in SCENARIOS:
+        cells = []
+        for spec in results.servers:
+            check = results.checks.get((name, spec.key))
+            if check is None:
+                continue
+            verdict = "in order" if check.ok and name in ("S1", "S5") else "ok"
+            cells.append(
+                f"{check.received:,}/{check.expected:,} {verdict if check.ok else 'FAILED'}"
+            )
+        if cells:
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Negotiated websocket extensions", ""]
+    offered = ", ".join(sorted(results.offered)) or "(none)"
+    lines.append(f"The load generator offers `Sec-WebSocket-Extensions: {offered}`.")
+    lines.append("")
+    for spec in results.servers:
+        answers = ", ".join(f"`{value}`" for value in sorted(results.extensions[spec.key]))
+        lines.append(f"- {spec.key} ({spec.name}): {answers or 'not recorded'}")
+    lines += ["", "## Targets", ""]
+    lines += ["| Target | measured | verdict |", "|---|---|---|"]
+    for target in targets:
+        verdict = {True: "met", False: "**missed**", None: "not measured"}[target.met]
+        lines.append(f"| {target.text} | {target.gap or '-'} | {verdict} |")
+    if results.profiles or results.memory_profile is not None:
+        lines += ["", "## Profiles of the missed targets", ""]
+        lines.append(
+            "The gateway server (A) was run once more under each scenario whose target it "
+            "missed, or was asked to with `--also-profile` (those figures are not in the "
+            "tables): for time, sampled by py-spy at "
+            f"{PROFILE_RATE} Hz (`--nonblocking`, idle time left out) during the measured "
+            "part, shares being of the samples; for memory (S4), traced by tracemalloc."
+        )
+        for name, profiler in results.profiles.items():
+            lines += ["", f"### {name} (time, py-spy)", ""]
+            if profiler.error:
+                lines.append(f"py-spy failed: {profiler.error}")
+            own, inclusive = profiler.top()
+            if own:
+                lines += ["Own time (the frame itself):", ""]
+                lines += [f"- {share:.1f}% `{frame}`" for frame, share in own]
+                lines += ["", "Including callees (event-loop plumbing left out):", ""]
+                lines += [f"- {share:.1f}% `{frame}`" for frame, share in inclusive]
+    memory = results.memory_profile
+    if memory is not None:
+        lines += ["", "### S4 (memory, tracemalloc)", ""]
+        if memory.error:
+            lines.append(f"Tracing failed: {memory.error}")
+        if memory.files:
+            lines += [
+                "The gateway server was run once more under S4 with Python's allocations "
+                "traced (tracemalloc); a snapshot before and one after the "
+                f"{memory.connections:,} connections, compared. The Python heap grew by "
+                f"{memory.heap_kb:.1f} KB per connection (the rest of the RSS growth is memory "
+                "outside Python's allocator, and allocator overhead).",
+                "",
+                "By package (where the memory was allocated), KB per connection:",
+                "",
+            ]
+            lines += [f"- {kb:.2f} KB {name}" for name, kb in memory.packages if kb >= 0.05]
+            lines += ["", "By file, KB per connection:", ""]
+            lines += [f"- {kb:.2f} KB `{where}`" for where, kb in memory.files]
+            lines += ["", "By line, KB per connection:", ""]
+            lines += [f"- {kb:.2f} KB `{where}`" for where, kb in memory.lines]
+    if results.errors:
+        lines += ["", "## Errors", ""]
+        lines += [f"- {error}" for error in results.errors]
+    return "\n".join(lines) + "\n"
+
+
+def as_json(results: Results) -> dict[str, Any]:
+    return {
+        "servers": {spec.key: spec.name for spec in results.servers},
+        "measures": {
+            key: {
+                "scenario": m.scenario,
+                "label": m.label,
+                "unit": m.unit,
+                "values": m.values,
+                "messages_per_run": m.counts,
+                "slowest_fastest_run": m.spread,
+            }
+            for key, m in results.measures.items()
+        },
+        "checks": [
+            {
+                "scenario": check.scenario,
+                "server": check.server,
+                "expected": check.expected,
+                "received": check.received,
+                "in_order": check.in_order,
+                "ok": check.ok,
+                "errors": check.errors,
+            }
+            for check in results.checks.values()
+        ],
+        "extensions": {key: sorted(values) for key, values in results.extensions.items()},
+        "targets": [attrs.asdict(target) for target in results.evaluate()],
+        "errors": results.errors,
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--smoke", action="store_true", help="a handful of clients and messages")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the Markdown report")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="which scenarios (default: all)"
+    )
+    parser.add_argument("--servers", default="A,B,C", help="which servers (default: A,B,C)")
+    parser.add_argument(
+        "--no-profile", dest="profile", action="store_false", help="skip profiling missed targets"
+    )
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="do not pin processes to CPUs"
+    )
+    parser.add_argument(
+        "--also-profile", default="", help="profile these scenarios too, e.g. S1,S5"
+    )
+    args = parser.parse_args(argv)
+    args.scenarios = [name.strip().upper() for name in args.scenarios.split(",") if name.strip()]
+    args.servers = [name.strip().upper() for name in args.servers.split(",") if name.strip()]
+    args.also_profile = [
+        name.strip().upper() for name in args.also_profile.split(",") if name.strip()
+    ]
+    unknown = (
+        set(args.scenarios) - set(SCENARIOS)
+        | set(args.servers) - {"A", "B", "C"}
+        | set(args.also_profile) - set(args.scenarios)
+    )
+    if unknown:
+        parser.error(f"unknown scenarios or servers: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_file_limit()
+    args.pinning = pin_cpus() if args.pin else "none (--no-pin)"
+    if "C" in args.servers:
+        try:
+            ensure_node_packages()
+        except HarnessError as exc:
+            print(f"cannot run the benchmarks: {exc}", file=sys.stderr)
+            return 2
+    started = time.perf_counter()
+    results = asyncio.run(run(args))
+    report = markdown(results, args, time.perf_counter() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    if args.json is not None:
+        args.json.write_text(json.dumps(as_json(results), indent=2) + "\n")
+    print()
+    print("\n".join(table_rows(results, list(results.measures.items()))))
+    print()
+    for target in results.evaluate():
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[target.met]
+        print(f"{verdict:>12}  {target.text}: {target.gap or '-'}")
+    print(f"\nwrote {args.out}")
+    failed = [check for check in results.checks.values() if not check.ok]
+    for check in failed:
+        print(f"FAILED: {check.scenario} on {check.server}: {'; '.join(check.errors)}")
+    return 1 if failed or results.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The benchmark harness, in its smoke version, so that it cannot rot: every scenario
+with a handful of clients against the three servers (the gateway, raw
+python-socketio, Node's socket.io). Nothing is timed here: the test asserts only
+that each server delivered every message in order and that the report has its
+table with all five scenarios and all three servers.
+
+The harness installs Node's socket.io into benchmarks/node/node_modules when it is
+missing; if that is impossible (no node or npm, no registry), the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "benchmarks" / "run.py"
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5")
+SERVERS = {"A": "realtime_gateway", "B": "python-socketio", "C": "Node socket.io"}
+SMOKE_WITHIN = 240.0  # seconds: the smoke run takes about 25, an npm install a little more
+
+
+@pytest.mark.timeout(SMOKE_WITHIN + 30)
+def test_smoke_run_delivers_everything_in_order_and_reports(tmp_path: Path) -> None:
+    report, results = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    try:
+        done = subprocess.run(  # noqa: S603 (our own harness, with this interpreter)
+            [sys.executable, str(RUN), "--smoke", "--out", str(report), "--json", str(results)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=SMOKE_WITHIN,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the smoke run took more than {SMOKE_WITHIN:.0f} s:\n{exc.stdout!r}")
+    told = f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, told
+
+    found = json.loads(results.read_text())
+    assert found["servers"] == SERVERS
+    checks = {(check["scenario"], check["server"]): check for check in found["checks"]}
+    assert set(checks) == {(name, key) for name in SCENARIOS for key in SERVERS}, told
+    for (name, key), check in checks.items():
+        assert check["ok"], f"{name} on {key}: {check}"
+        assert check["expected"] > 0
+        assert check["received"] == check["expected"]
+    for name in ("S1", "S5"):  # the scenarios whose messages are sequence-checked
+        for key in SERVERS:
+            assert checks[(name, key)]["in_order"], f"{name} on {key} out of order"
+
+    markdown = report.read_text()
+    table = markdown.split("## Results", 1)[1].split("\n\n", 2)[1].splitlines()
+    header = table[0]
+    for key, name in SERVERS.items():
+        assert f"{key}: {name}" in header
+    assert "A/B" in header
+    assert "A/C" in header
+    rows = table[2:]
+    for name in SCENARIOS:
+        matching = [row for row in rows if row.startswith(f"| {name} ")]
+        assert matching, f"no row for {name} in\n{chr(10).join(table)}"
+        for row in matching:
+            cells = [cell.strip() for cell in row.strip("|").split("|")]
+            assert len(cells) == len(header.strip("|").split("|"))
+            assert "failed" not in cells, row
+    assert "## Delivery checks" in markdown
+    assert "## Negotiated websocket extensions" in markdown

@@ -22,8 +22,9 @@ async def test_quick_start(clients: Clients) -> None:
     code = found.group(1)
     assert len(code.splitlines()) <= 25
     served: dict[str, Any] = {}
-    # Everything but the final blocking run_app, which the test replaces with its own runner.
-    runnable = "\n".join(line for line in code.splitlines() if not line.startswith("web.run_app"))
+    assert code.splitlines()[-1].startswith("asyncio.run(gateway.run_aiohttp(app")
+    # Everything but the final blocking line, which the test replaces with its own runner.
+    runnable = "\n".join(line for line in code.splitlines() if not line.startswith("asyncio.run"))
     exec(runnable, served)  # noqa: S102 (the README's own code)
     app, gateway = served["app"], served["gateway"]
     assert isinstance(app, web.Application)

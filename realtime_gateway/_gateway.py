@@ -904,10 +904,11 @@ class Gateway:
 
     async def disconnect_user(self, user_id: str) -> int:
         """Disconnect every socket of ``user_id``; returns how many there were."""
-        count = 0
-        for info in await self.registry.user_sockets(user_id):
-            count += await self.disconnect_socket(info.sid)
-        return count
+        # The registry already says where each socket is: no second lookup per socket.
+        sockets = await self.registry.user_sockets(user_id)
+        for info in sockets:
+            await self.server.disconnect(info.sid, namespace=info.namespace)
+        return len(sockets)
 
     async def reauthorize(
         self, user_id: str, identity: Identity | None = None

@@ -240,21 +240,31 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 await self.gateway.server.emit(
                     "access:revoked", {"room": room}, to=conn.sid, namespace=self.namespace
                 )
-        for role in sorted(identity.roles):
-            await self.join(conn, role_room(role), action=None)
+        await self._join_own_rooms(conn)
         return revoked
+
+    async def _join_own_rooms(self, conn: Connection) -> None:
+        """The user's room and a room per role held (joining twice is a no-op)."""
+        await self.join(conn, user_room(conn.identity.user_id), action=None)
+        for role in sorted(conn.identity.roles):
+            await self.join(conn, role_room(role), action=None)
 
     async def _announce(self, conn: Connection, room: str, *, joined: bool) -> None:
         try:
             await self.on_presence(conn, room, joined=joined)
         except Exception as exc:
-            log(
-                logging.ERROR,
-                "presence_hook_failed",
-                sid=conn.sid,
-                namespace=self.namespace,
-                error=type(exc).__name__,
-            )
+            self._failed("presence_hook_failed", conn.sid, exc)
+
+    def _failed(self, what: str, sid: str, exc: Exception, **fields: Any) -> None:
+        """Log that a hook or handler failed: which, where and the error's type only."""
+        log(
+            logging.ERROR,
+            what,
+            sid=sid,
+            namespace=self.namespace,
+            **fields,
+            error=type(exc).__name__,
+        )
 
     def _system_room(self, conn: Connection, room: str) -> bool:
         return room == user_room(conn.identity.user_id) or room.startswith("role:")
@@ -304,19 +314,11 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         conn = await self.gateway._admit(sid, self.namespace, environ, auth)
         try:
-            await self.join(conn, user_room(conn.identity.user_id), action=None)
-            for role in sorted(conn.identity.roles):
-                await self.join(conn, role_room(role), action=None)
+            await self._join_own_rooms(conn)
             await self.on_connected(conn)
         except Exception as exc:
             await self.gateway._forget(sid, reason="setup failed", departed=False)
-            log(
-                logging.ERROR,
-                "connect_hook_failed",
-                sid=sid,
-                namespace=self.namespace,
-                error=type(exc).__name__,
-            )
+            self._failed("connect_hook_failed", sid, exc)
             raise socketio.exceptions.ConnectionRefusedError(
                 "Connection setup failed", {"code": "internal"}
             ) from None
@@ -334,13 +336,7 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         try:
             await self.on_ready(conn)
         except Exception as exc:
-            log(
-                logging.ERROR,
-                "ready_hook_failed",
-                sid=sid,
-                namespace=self.namespace,
-                error=type(exc).__name__,
-            )
+            self._failed("ready_hook_failed", sid, exc)
 
     async def _disconnect(self, sid: str, reason: str) -> None:
         found = await self.gateway._forget(sid, reason=str(reason))
@@ -352,13 +348,7 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         try:
             await self.on_disconnected(conn, str(reason))
         except Exception as exc:
-            log(
-                logging.ERROR,
-                "disconnect_hook_failed",
-                sid=sid,
-                namespace=self.namespace,
-                error=type(exc).__name__,
-            )
+            self._failed("disconnect_hook_failed", sid, exc)
 
     async def _dispatch(self, event_name: str, sid: str, args: tuple[Any, ...]) -> Ack:
         metrics = self.gateway.metrics
@@ -384,13 +374,11 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return failure(exc)
         except Exception as exc:
             metrics.events_refused["internal"] += 1
-            log(
-                logging.ERROR,
+            self._failed(
                 "handler_failed",
-                sid=sid,
-                namespace=self.namespace,
+                sid,
+                exc,
                 event=event_name if event_name in self._handlers else None,
-                error=type(exc).__name__,
             )
             return failure(GatewayError("Internal error"))
 

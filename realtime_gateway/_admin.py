@@ -31,6 +31,7 @@ from ._exceptions import (
 )
 from ._identity import Handshake, Identity
 from ._log import log
+from ._protocol import BadJson, JsonCodec
 
 if TYPE_CHECKING:
     from ._gateway import Gateway
@@ -140,6 +141,7 @@ class AdminAPI:
         self.prefix = prefix
         self.roles = None if roles is None else frozenset(roles)
         self.max_body_size = max_body_size
+        self._json = JsonCodec(gateway.config.max_nesting_depth)
 
     # -- the core ------------------------------------------------------------------
 
@@ -232,9 +234,11 @@ class AdminAPI:
             # Also what keeps a cross-site form from posting here with a cookie.
             raise InvalidPayload("Content-Type must be application/json")
         try:
-            parsed = json.loads(body or b"null")
-        except (UnicodeDecodeError, ValueError):
-            raise InvalidPayload("Body is not valid JSON") from None
+            parsed = self._json.loads(body or b"null")
+        except BadJson:
+            raise InvalidPayload(
+                f"Body is not valid JSON nested at most {self._json.max_depth} deep"
+            ) from None
         if not isinstance(parsed, dict):
             raise InvalidPayload("Body must be a JSON object")
         return parsed

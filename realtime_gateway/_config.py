@@ -128,6 +128,11 @@ class GatewayConfig:
     Times are in seconds. ``max_payload_size`` bounds one transport message (bytes);
     ``max_event_size`` bounds one event's decoded payload (bytes of JSON), above
     which the event is refused with ``invalid_payload`` and the connection kept.
+    ``max_nesting_depth`` bounds how deep arrays and objects may nest in anything
+    the gateway decodes (socket.io packets and admin API bodies; an event's data
+    counts one level for its argument list). ``max_attachments`` bounds the binary
+    attachments of one packet (socket.io's own cap is 10); their bytes count
+    against ``max_event_size``.
     ``rate_limit`` is the sustained events per second one connection may send, with
     bursts up to ``rate_burst``; ``None`` turns the limit off.
 
@@ -162,6 +167,8 @@ class GatewayConfig:
     )
     max_payload_size: int = attrs.field(default=1_000_000, validator=_positive_int)
     max_event_size: int = attrs.field(default=64 * 1024, validator=_positive_int)
+    max_nesting_depth: int = attrs.field(default=32, validator=_positive_int)
+    max_attachments: int = attrs.field(default=10, validator=_positive_int)
     compression: bool = attrs.field(default=True, validator=_flag)
     websocket_compression: bool = attrs.field(default=False, validator=_flag)
     rate_limit: float | None = attrs.field(default=50.0, validator=_optional_positive)

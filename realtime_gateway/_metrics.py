@@ -17,11 +17,13 @@ class Metrics:
         self.reconnections = 0
         self.audit_failures = 0
         self.cluster_messages_dropped = 0
+        self.session_binding_refused = 0
         self.emits: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.access_denied: Counter[str] = Counter()
         self.events_received: Counter[str] = Counter()
         self.events_refused: Counter[str] = Counter()
+        self.protocol_errors: Counter[str] = Counter()
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a JSON-able dict."""
@@ -30,9 +32,11 @@ class Metrics:
             "reconnections": self.reconnections,
             "audit_failures": self.audit_failures,
             "cluster_messages_dropped": self.cluster_messages_dropped,
+            "session_binding_refused": self.session_binding_refused,
             "emits": dict(self.emits),
             "auth_failures": dict(self.auth_failures),
             "access_denied": dict(self.access_denied),
             "events_received": dict(self.events_received),
             "events_refused": dict(self.events_refused),
+            "protocol_errors": dict(self.protocol_errors),
         }

@@ -302,14 +302,27 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     # -- python-socketio's entry points ------------------------------------------
 
     async def trigger_event(self, event_name: str, *args: Any) -> Any:
-        """Route python-socketio's events; not for application use."""
+        """python-socketio's lifecycle entry point (``connect``, ``disconnect``); not
+        for application use. Client events never come this way: the gateway's
+        server hands them to the declared handlers only."""
         if event_name == "connect":
             await self._connect(*args)
             return None
         if event_name == "disconnect":
             await self._disconnect(args[0], args[1] if len(args) > 1 else "unknown")
             return None
-        return await self._dispatch(event_name, args[0], args[1:])
+        return failure(NotFound("Unknown event"))
+
+    @property
+    def largest_event_size(self) -> int:
+        """The most bytes any event of this namespace accepts (``max_event_size`` or
+        a larger per-event ``max_size``); also the budget of a packet's binary
+        attachments."""
+        limit: int = self.gateway.config.max_event_size
+        for _, spec in self._handlers.values():
+            if spec.max_size is not None:
+                limit = max(limit, spec.max_size)
+        return limit
 
     async def _connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         conn = await self.gateway._admit(sid, self.namespace, environ, auth)
@@ -350,18 +363,22 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except Exception as exc:
             self._failed("disconnect_hook_failed", sid, exc)
 
-    async def _dispatch(self, event_name: str, sid: str, args: tuple[Any, ...]) -> Ack:
+    async def _dispatch(self, event_name: str | None, sid: str, args: tuple[Any, ...]) -> Ack:
+        """Answer one client event; ``event_name`` ``None`` is a packet that was not
+        ``[name, ...args]``."""
         metrics = self.gateway.metrics
         metrics.events_received[self.namespace] += 1
         try:
             conn = self.connection(sid)
-            conn.touch()
             config = self.gateway.config
             if config.rate_limit is not None and not conn.take_token(
                 config.rate_limit, config.rate_burst
             ):
                 raise RateLimited("Too many events, slow down")
+            if event_name is None:
+                raise InvalidPayload("An event is a list whose first item is its name")
             handler, spec = self._lookup(event_name)
+            conn.touch()
             payload = args[0] if len(args) == 1 else (list(args) if args else None)
             limit = spec.max_size if spec.max_size is not None else config.max_event_size
             if encoded_size(payload) > limit:
@@ -383,6 +400,7 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return failure(GatewayError("Internal error"))
 
     def _lookup(self, event_name: str) -> tuple[Handler, _EventSpec]:
+        # Only declared handlers: never a hook or any other attribute by name.
         found = self._handlers.get(event_name) if isinstance(event_name, str) else None
         if found is None:
             raise NotFound("Unknown event")

@@ -19,11 +19,23 @@ _COUNTERS = (
     ("connections_total", "rtg_connections", "Namespace connections admitted.", None),
     ("reconnections", "rtg_reconnections", "Connections counted as reconnections.", None),
     ("audit_failures", "rtg_audit_failures", "Audit records the sink failed to take.", None),
+    (
+        "session_binding_refused",
+        "rtg_session_binding_refused",
+        "Requests naming an engine.io session without its binding cookie.",
+        None,
+    ),
     ("auth_failures", "rtg_auth_failures", "Refused authentications.", "reason"),
     ("access_denied", "rtg_access_denied", "Authorization refusals.", "action"),
     ("events_received", "rtg_events_received", "Client events received.", "namespace"),
     ("events_refused", "rtg_events_refused", "Client events answered with an error.", "code"),
     ("emits", "rtg_emits", "Server-side publish calls.", "kind"),
+    (
+        "protocol_errors",
+        "rtg_protocol_errors",
+        "Packets refused for breaking the protocol.",
+        "reason",
+    ),
 )
 _GAUGES = (
     ("connections_active", "rtg_connections_active", "Connected sockets."),

@@ -5,6 +5,9 @@ Compose a :class:`Gateway` into an aiohttp or ASGI app, plug in an
 :class:`GatewayNamespace`.
 """
 
+from ._accesslog import RedactingAccessLogger as RedactingAccessLogger
+from ._accesslog import RedactingFilter as RedactingFilter
+from ._accesslog import uvicorn_log_config as uvicorn_log_config
 from ._admin import DEFAULT_ADMIN_PREFIX as DEFAULT_ADMIN_PREFIX
 from ._admin import AdminAPI as AdminAPI
 from ._admin import AdminResponse as AdminResponse
@@ -98,6 +101,8 @@ __all__ = [
     "REFERENCE_CHANNELS",
     "REFERENCE_RESOURCES",
     "RateLimited",
+    "RedactingAccessLogger",
+    "RedactingFilter",
     "Registry",
     "Rule",
     "RuleAuthorizer",
@@ -113,4 +118,5 @@ __all__ = [
     "reference_rules",
     "role_room",
     "user_room",
+    "uvicorn_log_config",
 ]

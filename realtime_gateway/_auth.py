@@ -16,7 +16,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from itsdangerous import BadPayload, BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import (
+    BadData,
+    BadPayload,
+    BadSignature,
+    SignatureExpired,
+    URLSafeTimedSerializer,
+)
+from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int, int_to_bytes
 
 from ._exceptions import AuthenticationFailed, AuthFailureReason, ConfigurationError
 from ._identity import Handshake, Identity
@@ -135,13 +142,19 @@ class SignedTokenAuthenticator:
         return token
 
     def verify(self, token: object) -> Identity:
-        """Return the identity in ``token`` or raise :class:`AuthenticationFailed`."""
+        """Return the identity in ``token`` or raise :class:`AuthenticationFailed`.
+
+        A token is accepted in one spelling only, the one :meth:`issue` produces: any
+        segment in non-canonical base64url (say, a last character differing only in
+        unused bits, which itsdangerous alone would accept) is ``malformed``.
+        """
         if token is None or token == "":
             raise AuthenticationFailed(AuthFailureReason.MISSING)
         if (
             not isinstance(token, str)
             or len(token) > MAX_TOKEN_LENGTH
             or not _TOKEN_SHAPE.fullmatch(token)
+            or not _is_canonical(token)
         ):
             raise AuthenticationFailed(AuthFailureReason.MALFORMED)
         try:
@@ -191,6 +204,26 @@ class SignedTokenAuthenticator:
             )
         except (KeyError, TypeError, ValueError):
             raise AuthenticationFailed(AuthFailureReason.MALFORMED) from None
+
+
+def _is_canonical(token: str) -> bool:
+    """Whether every segment of a token-shaped string is spelled as itsdangerous
+    spells it, so that one credential has exactly one spelling."""
+    # itsdangerous decodes leniently: a last character that differs only in its
+    # unused (padding) bits, or a timestamp with leading zero bytes, decodes to the
+    # same value, and a changed signature character of that kind still verifies.
+    payload, timestamp, signature = token.removeprefix(".").split(".")
+    decoded = []
+    for segment in (payload, timestamp, signature):
+        try:
+            raw = base64_decode(segment)
+        except BadData:
+            return False
+        if base64_encode(raw).decode("ascii") != segment:
+            return False
+        decoded.append(raw)
+    raw_timestamp = decoded[1]
+    return len(raw_timestamp) <= 8 and int_to_bytes(bytes_to_int(raw_timestamp)) == raw_timestamp
 
 
 def _string_list(value: object) -> list[str]:

@@ -211,10 +211,30 @@ async def scenario(users: Dashboards) -> None:
     await expect(latest.locator("time")).not_to_have_attribute("datetime", seen)
     await expect(patient.get_by_test_id("update")).to_have_count(0)
 
-    # Closing the doctor's page takes him out of the nurse's presence list.
+    # Conversations have members: the staff user's chat is the billing desk.
+    staff = await users.sign_in("staff", "u-staff")
+    await expect(staff.get_by_test_id("conversation-id")).to_have_text("billing-desk")
+    await expect(member(staff, "u-staff")).to_have_text("Sam Staff (you)")
+    # The admin, a member of both, moves from the ward round to the billing desk.
+    await expect(member(nurse, "u-admin")).to_have_text("Ada Admin")
+    await admin.get_by_test_id("conversation-pick").select_option("billing-desk")
+    await expect(member(admin, "u-staff")).to_have_text("Sam Staff")
+    await expect(member(staff, "u-admin")).to_have_text("Ada Admin")
+    await expect(member(admin, "u-nurse")).to_have_count(0)
+    await expect(member(nurse, "u-admin")).to_have_count(0)
+    # The ward round refuses the staff user (who leaves the billing desk for it).
+    await staff.get_by_test_id("conversation-pick").select_option("ward-round")
+    await expect(staff.get_by_test_id("chat-unavailable")).to_contain_text(
+        'Chat "ward-round" is not available to you (forbidden: Not allowed to join'
+    )
+    await expect(member(admin, "u-staff")).to_have_count(0)
+
+    # Closing the doctor's page takes him out of the nurse's presence list. That news
+    # came after the staff user's refused join, which therefore never showed him there.
     await users.close("doctor")
     await expect(member(nurse, "u-doctor")).to_have_count(0)
     await expect(member(nurse, "u-nurse")).to_have_count(1)
+    await expect(member(nurse, "u-staff")).to_have_count(0)
 
 
 async def test_clinic_dashboard_in_a_real_browser(

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from realtime_gateway import (
     AdminAPI,
@@ -329,7 +331,7 @@ async def test_well_formed_binary_event_is_dispatched(
         assert await next_ack(session, 7, "/blobs") == [{"success": True, "bytes": 900}]
 
 
-BAD_BINARY = {
+BAD_BINARY: dict[str, tuple[str, Any, list[bytes | str]]] = {
     "placeholder index out of range": ("51-", ["echo", placeholder(5)], [b"a"]),
     "negative placeholder": ("51-", ["echo", placeholder(-1)], [b"a"]),
     "string placeholder": ("51-", ["echo", placeholder("0")], [b"a"]),
@@ -437,3 +439,30 @@ async def test_admin_body_nested_deep_is_a_400(
         shallow = json.dumps({"event": "notice", "data": {"x": nested(20)}})
         async with http.post(url, data=shallow, headers=headers) as response:
             assert response.status == 200
+
+
+# -- what python-socketio and python-engineio log ------------------------------------------------
+
+
+def test_upstream_logs_carry_no_ids_and_touch_no_global_logger(
+    caplog: pytest.LogCaptureFixture, authenticator: SignedTokenAuthenticator
+) -> None:
+    upstream = [logging.getLogger(name) for name in ("socketio.server", "engineio.server")]
+    handlers_before = [list(logger.handlers) for logger in upstream]
+    gateway = hostile_gateway(authenticator)
+    gateway.attach(web.Application())
+    assert [list(logger.handlers) for logger in upstream] == handlers_before
+    marker = "MARKER-sid-0123456789"
+    with caplog.at_level(logging.DEBUG):
+        gateway.server.logger.error("Invalid session %s", marker)
+        gateway.server.eio.logger.info("%s: Received packet", marker)
+        try:
+            raise KeyError(marker)
+        except KeyError:
+            gateway.server.eio.logger.exception("Unknown receive error %s", marker)
+    assert marker not in caplog.text
+    records = [getattr(record, "rtg", None) for record in caplog.records]
+    assert records == [
+        {"what": "upstream_log", "source": "socketio"},
+        {"what": "upstream_log", "source": "engineio", "error": "KeyError"},
+    ]

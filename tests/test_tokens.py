@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import random
+import string
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import attrs
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
-from itsdangerous.encoding import base64_encode
+from itsdangerous.encoding import base64_decode, base64_encode
 
 from realtime_gateway import (
     AuthenticationFailed,
@@ -352,7 +354,8 @@ def test_tampered_payload_is_bad_signature(authenticator: SignedTokenAuthenticat
 
 def test_tampered_signature_is_bad_signature(authenticator: SignedTokenAuthenticator) -> None:
     token = authenticator.issue(Identity(user_id="u1"))
-    flipped = "A" if token[-1] != "A" else "B"
+    # Both spell a last character with clear unused bits: the signature is only wrong.
+    flipped = "A" if token[-1] != "A" else "E"
     assert refusal(authenticator, token[:-1] + flipped) == "bad_signature"
 
 
@@ -371,6 +374,167 @@ def test_wrong_key_is_bad_signature(authenticator: SignedTokenAuthenticator) -> 
 def test_wrong_salt_is_bad_signature(authenticator: SignedTokenAuthenticator) -> None:
     token = make_authenticator(salt="other.purpose").issue(Identity(user_id="u1"))
     assert refusal(authenticator, token) == "bad_signature"
+
+
+# --- One spelling per token ----------------------------------------------------------------
+
+BASE64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+# By a segment's length mod 4: the bits of its last character that carry no data.
+UNUSED_BITS = {2: 0b1111, 3: 0b11}
+
+
+def respelled(segment: str) -> str:
+    """``segment`` with the unused bits of its last character set: other text, same bytes."""
+    unused = UNUSED_BITS[len(segment.removeprefix(".")) % 4]
+    last = BASE64URL.index(segment[-1])
+    assert last & unused == 0  # as itsdangerous spells it
+    return segment[:-1] + BASE64URL[last | unused]
+
+
+def signed_as_is(payload: str, timestamp: str) -> str:
+    """A token of exactly this payload and timestamp text, genuinely signed (as only a
+    holder of the key could sign it)."""
+    signer = URLSafeTimedSerializer(KEY, salt=SALT).make_signer()
+    body = f"{payload}.{timestamp}"
+    return f"{body}.{signer.get_signature(body).decode()}"
+
+
+def itsdangerous_reading(token: str) -> tuple[Any, dt.datetime]:
+    """What itsdangerous alone makes of ``token``: its claims and signing time."""
+    claims, signed_at = URLSafeTimedSerializer(KEY, salt=SALT).loads(
+        token, max_age=int(MAX_AGE), return_timestamp=True
+    )
+    return claims, signed_at
+
+
+def compressed_token(authenticator: SignedTokenAuthenticator, notes: int = 40) -> str:
+    """A token whose payload itsdangerous compressed (the leading ".")."""
+    token = authenticator.issue(Identity(user_id="u1", attributes={"notes": "ward round " * notes}))
+    assert token.startswith(".")
+    return token
+
+
+def issued_with_payload_length(
+    authenticator: SignedTokenAuthenticator, remainder: int, *, compressed: bool
+) -> str:
+    """An issued token whose payload segment's length is ``remainder`` mod 4."""
+    for size in range(1, 200):
+        if compressed:
+            token = compressed_token(authenticator, notes=40 + size)
+        else:
+            token = authenticator.issue(Identity(user_id="u" * size))
+        if len(token.removeprefix(".").split(".")[0]) % 4 == remainder:
+            return token
+    raise AssertionError(f"no payload of length {remainder} mod 4")
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "compressed"])
+def test_signature_respelled_in_unused_bits_is_malformed(
+    authenticator: SignedTokenAuthenticator, compressed: bool
+) -> None:
+    token = (
+        compressed_token(authenticator)
+        if compressed
+        else authenticator.issue(Identity(user_id="u1"))
+    )
+    head, _, signature = token.rpartition(".")
+    assert len(signature) % 4 == 3  # 20 bytes of HMAC-SHA1 in 27 characters
+    odd = f"{head}.{respelled(signature)}"
+    assert odd != token
+    assert itsdangerous_reading(odd) == itsdangerous_reading(token)
+    assert authenticator.verify(token).user_id == "u1"
+    assert refusal(authenticator, odd) == "malformed"
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "compressed"])
+def test_timestamp_respelled_in_unused_bits_is_malformed(
+    authenticator: SignedTokenAuthenticator, compressed: bool
+) -> None:
+    token = (
+        compressed_token(authenticator)
+        if compressed
+        else authenticator.issue(Identity(user_id="u1"))
+    )
+    payload, timestamp, _ = token.rsplit(".", 2)
+    assert signed_as_is(payload, timestamp) == token  # re-signing reproduces the token
+    assert len(timestamp) % 4 == 2  # 4 bytes in 6 characters
+    odd = signed_as_is(payload, respelled(timestamp))
+    assert itsdangerous_reading(odd) == itsdangerous_reading(token)
+    assert refusal(authenticator, odd) == "malformed"
+
+
+@pytest.mark.parametrize("remainder", [2, 3])
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "compressed"])
+def test_payload_respelled_in_unused_bits_is_malformed(
+    authenticator: SignedTokenAuthenticator, remainder: int, compressed: bool
+) -> None:
+    token = issued_with_payload_length(authenticator, remainder, compressed=compressed)
+    payload, timestamp, _ = token.rsplit(".", 2)
+    assert signed_as_is(payload, timestamp) == token
+    odd = signed_as_is(respelled(payload), timestamp)
+    assert odd.startswith(".") is compressed
+    assert itsdangerous_reading(odd) == itsdangerous_reading(token)
+    assert refusal(authenticator, odd) == "malformed"
+
+
+def test_timestamp_with_a_leading_zero_byte_is_malformed(
+    authenticator: SignedTokenAuthenticator,
+) -> None:
+    token = authenticator.issue(Identity(user_id="u1"))
+    payload, timestamp, _ = token.split(".")
+    padded = base64_encode(b"\x00" + base64_decode(timestamp)).decode()
+    odd = signed_as_is(payload, padded)
+    assert itsdangerous_reading(odd) == itsdangerous_reading(token)
+    assert refusal(authenticator, odd) == "malformed"
+
+
+def test_segment_of_impossible_length_is_malformed(
+    authenticator: SignedTokenAuthenticator,
+) -> None:
+    # No byte string encodes to a length of 1 mod 4: the shape matches, the base64 cannot.
+    token = authenticator.issue(Identity(user_id="u1"))
+    payload, timestamp, signature = token.split(".")
+    assert refusal(authenticator, f"{payload}.{timestamp}AAA.{signature}") == "malformed"
+    assert refusal(authenticator, f"{token}AA") == "malformed"
+
+
+def random_identity(rng: random.Random) -> Identity:
+    alphabet = string.ascii_letters + string.digits + '-_.:@ éü漢字🙂"\\<>'
+
+    def text(low: int, high: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+    return Identity(
+        user_id=text(1, 40),
+        roles={text(1, 12) for _ in range(rng.randint(0, 3))},
+        permissions={text(1, 20) for _ in range(rng.randint(0, 3))},
+        session_id=rng.choice([None, text(8, 24)]),
+        display_name=rng.choice([None, text(0, 30)]),
+        # A repeated note makes itsdangerous compress the payload now and then.
+        attributes=rng.choice(
+            [{}, {"ward": text(1, 8)}, {"notes": text(1, 4) * rng.randint(20, 80)}]
+        ),
+    )
+
+
+def test_every_issued_token_verifies(authenticator: SignedTokenAuthenticator) -> None:
+    rng = random.Random(20_11)  # noqa: S311 (test data, not security)
+    shapes = set()
+    for _ in range(600):
+        identity = random_identity(rng)
+        token = authenticator.issue(identity, ttl=rng.uniform(1, MAX_AGE))
+        verified = authenticator.verify(token)
+        assert (verified.user_id, verified.roles, verified.permissions) == (
+            identity.user_id,
+            identity.roles,
+            identity.permissions,
+        )
+        assert (verified.session_id, verified.name) == (identity.session_id, identity.name)
+        assert verified.attributes == identity.attributes
+        payload = token.removeprefix(".").split(".")[0]
+        shapes.add((token.startswith("."), len(payload) % 4))
+    # Every payload length a base64 segment can have, compressed and not.
+    assert shapes == {(compressed, rest) for compressed in (False, True) for rest in (0, 2, 3)}
 
 
 class PastSigner(TimestampSigner):

@@ -1,15 +1,17 @@
 """The example clinic: an aiohttp app with a login page, a live dashboard and a
-realtime_gateway serving the four built-in namespaces under the reference rules.
+realtime_gateway serving the four built-in namespaces under the reference rules,
+with the app's chat membership table (:data:`CONVERSATIONS`) plugged into them.
 
 Run with ``make demo`` or ``python examples/aiohttp_clinic/app.py [--host H]
-[--port P] [--update-interval SECONDS]`` and open the printed URL. Pick a demo
-user: the server signs a session token into the HttpOnly ``rtg_session`` cookie,
-which the dashboard's socket.io connections and its admin API calls carry
-(same origin; the page's JavaScript never sees the token). A background task
-publishes simulated vitals for a few patients so the page moves on its own.
+[--port P] [--update-interval SECONDS] [--print-demo-token] [--log-level LEVEL]`` and
+open the printed URL. Pick a demo user: the server signs a session token into the
+HttpOnly ``rtg_session`` cookie, which the dashboard's socket.io connections and its
+admin API calls carry (same origin; the page's JavaScript never sees the token). A
+background task publishes simulated vitals for a few patients so the page moves on
+its own. Requests are logged without credentials (``Gateway.run_aiohttp``).
 
 The signing key comes from ``RTG_SECRET_KEY``; without it a throwaway key is made
-and sessions and printed tokens only work until the process stops. The library's
+and sessions and tokens only work until the process stops. The library's
 default cookie name and token salt are used, so a token minted with
 ``python -m realtime_gateway token`` and the same key works here too.
 """
@@ -50,7 +52,6 @@ JS_CLIENT = REPO_ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.i
 
 SALT = "realtime_gateway.session"  # the library's default token salt, as the CLI uses
 SESSION_TTL = 8 * 3600  # seconds
-CONVERSATION_ID = "ward-round"
 PATIENT_IDS = ("p-1001", "p-1002", "p-1003")
 
 # Sent with every page: scripts, styles and connections from this origin only.
@@ -99,6 +100,25 @@ DEMO_USERS = (
 )
 USERS_BY_ID = {user.user_id: user for user in DEMO_USERS}
 ROLES = tuple(user.role for user in DEMO_USERS)
+
+# Who is in which chat conversation: the app's own data (in a real app, its database),
+# which the authorizer consults through the reference rules' membership hook.
+CONVERSATIONS: Mapping[str, frozenset[str]] = {
+    "ward-round": frozenset({"u-admin", "u-doctor", "u-nurse"}),
+    "billing-desk": frozenset({"u-admin", "u-staff"}),
+}
+DEFAULT_CONVERSATION = "ward-round"
+
+
+def conversation_member(identity: Identity, params: Mapping[str, str]) -> bool:
+    """The reference rules' ``conversation_member`` check: only the members listed in
+    :data:`CONVERSATIONS` may join and write to a conversation; unknown ones have none."""
+    return identity.user_id in CONVERSATIONS.get(params["conversation_id"], frozenset())
+
+
+def conversations_of(user_id: str) -> list[str]:
+    """The conversations ``user_id`` is a member of, in table order."""
+    return [name for name, members in CONVERSATIONS.items() if user_id in members]
 
 
 # -- configuration ------------------------------------------------------------------
@@ -239,7 +259,10 @@ class ClinicPages:
             },
             # The chat's join ack lists members by id; this maps ids to names.
             "directory": {user.user_id: user.name for user in DEMO_USERS},
-            "conversationId": CONVERSATION_ID,
+            # The chat opens on the user's first conversation. Someone in none gets the
+            # default one, which the server refuses: the page shows that refusal.
+            "conversationId": next(iter(conversations_of(identity.user_id)), DEFAULT_CONVERSATION),
+            "conversations": list(CONVERSATIONS),
             "patientIds": list(PATIENT_IDS),
             "roles": list(ROLES),
         }
@@ -328,7 +351,7 @@ def build_app(key: str, *, update_interval: float = 3.0) -> Clinic:
     authenticator = SignedTokenAuthenticator([key], salt=SALT, max_age=SESSION_TTL)
     gateway = Gateway(
         authenticator=authenticator,
-        authorizer=reference_rules(),
+        authorizer=reference_rules(conversation_member=conversation_member),
         namespaces=default_namespaces(),
     )
     app = web.Application()
@@ -358,14 +381,18 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def print_welcome(host: str, port: int, authenticator: SignedTokenAuthenticator) -> None:
-    """Say where to log in, and how to connect without a browser."""
+def print_welcome(
+    host: str, port: int, authenticator: SignedTokenAuthenticator, *, demo_token: bool = False
+) -> None:
+    """Say where to log in, and how to connect without a browser; with ``demo_token``,
+    print a live one-hour token for Nat Nurse (a credential: never in a shared log)."""
     url = f"http://{host}:{port}"
-    token = authenticator.issue(USERS_BY_ID["u-nurse"].identity(), ttl=3600)
     print(f"Clinic on {url}: open {url}/ and pick a demo user to log in.")
     print(f"Health: {url}/api/socket.io/health (socket.io path /socket.io)")
-    print("Or connect a socket.io client with a token in its auth payload, e.g. for Nat Nurse:")
-    print(f"  {token}")
+    if demo_token:
+        token = authenticator.issue(USERS_BY_ID["u-nurse"].identity(), ttl=3600)
+        print("Connect a socket.io client with this token in its auth payload (Nat Nurse):")
+        print(f"  {token}")
     print(
         "Mint others with the same key: RTG_SECRET_KEY=... python -m realtime_gateway "
         "token --user-id u1 --role doctor",
@@ -385,16 +412,31 @@ def main() -> None:
         metavar="SECONDS",
         help="seconds between simulated patient updates (default 3)",
     )
+    parser.add_argument(
+        "--print-demo-token",
+        action="store_true",
+        help="print a live one-hour token for Nat Nurse at start-up (off by default: "
+        "start-up output tends to end up in shared logs)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default="INFO",
+        help="level of every logger (default INFO)",
+    )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s %(message)s")
     clinic = build_app(secret_key(), update_interval=args.update_interval)
-    # Shuts the gateway down before the web server, so clients are heard leaving.
+    # Shuts the gateway down before the web server, so clients are heard leaving, and
+    # logs requests without their credentials (sid and token query values, headers).
     asyncio.run(
         clinic.gateway.run_aiohttp(
             clinic.app,
             host=args.host,
             port=args.port,
-            started=lambda url: print_welcome(args.host, args.port, clinic.authenticator),
+            started=lambda url: print_welcome(
+                args.host, args.port, clinic.authenticator, demo_token=args.print_demo_token
+            ),
         )
     )
 

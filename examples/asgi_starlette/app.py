@@ -5,9 +5,10 @@ The four built-in namespaces under the reference rules, the admin API mounted at
 the app and ``GET /me`` authenticates the request with the gateway's own
 authenticator (a bearer token or the ``rtg_session`` cookie).
 
-Run with ``python examples/asgi_starlette/app.py [--host H] [--port P]``. The signing
-key comes from ``RTG_SECRET_KEY``; without it a throwaway key is made and printed
-tokens only work until the process stops.
+Run with ``python examples/asgi_starlette/app.py [--host H] [--port P]
+[--print-demo-token]``. The signing key comes from ``RTG_SECRET_KEY``; without it a
+throwaway key is made and tokens only work until the process stops. uvicorn logs with
+``uvicorn_log_config()``: no credentials in request lines.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from realtime_gateway import (
     SignedTokenAuthenticator,
     default_namespaces,
     reference_rules,
+    uvicorn_log_config,
 )
 
 # The salt `python -m realtime_gateway token` signs with by default.
@@ -144,27 +146,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--print-demo-token",
+        action="store_true",
+        help="print a live one-hour token for a demo doctor at start-up",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     app, authenticator = build_app(secret_key())
-    doctor = Identity(
-        user_id="demo-doctor",
-        roles={"doctor"},
-        permissions={"view:patient", "view:clinical_notes"},
-        display_name="Doctor",
-    )
     base = f"http://{args.host}:{args.port}"
     print(f"Gateway on {base} (socket.io path /socket.io)")
     print(f"Health: {base}/api/socket.io/health   Who am I: {base}/me")
-    print("A token for a demo doctor (socket.io auth payload, or Authorization: Bearer):")
-    print(f"  {authenticator.issue(doctor, ttl=3600)}")
+    if args.print_demo_token:  # a credential: off by default, start-up output gets shared
+        doctor = Identity(
+            user_id="demo-doctor",
+            roles={"doctor"},
+            permissions={"view:patient", "view:clinical_notes"},
+            display_name="Doctor",
+        )
+        print("A token for a demo doctor (socket.io auth payload, or Authorization: Bearer):")
+        print(f"  {authenticator.issue(doctor, ttl=3600)}")
     print(
         "Mint others with the same key: RTG_SECRET_KEY=... python -m realtime_gateway "
         "token --user-id u1 --role nurse --permission view:patient"
     )
     # Long-polling requests stay open up to the ping interval (25 s); do not let one
-    # hold up Ctrl+C that long.
-    uvicorn.run(app, host=args.host, port=args.port, lifespan="on", timeout_graceful_shutdown=3)
+    # hold up Ctrl+C that long. The log config masks credentials in request lines.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+        log_config=uvicorn_log_config(),
+    )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ composed with the reference rules, which still decide everything else: doctors a
 admins see every patient, patients see none, and a nurse needs ``view:patient``
 before the care team is even asked.
 
-Run with ``python examples/custom_authorizer/app.py [--host H] [--port P]``. The
-signing key comes from ``RTG_SECRET_KEY``; without it a throwaway key is made and
-printed tokens only work until the process stops.
+Run with ``python examples/custom_authorizer/app.py [--host H] [--port P]
+[--print-demo-token]``. The signing key comes from ``RTG_SECRET_KEY``; without it a
+throwaway key is made and tokens only work until the process stops.
 """
 
 from __future__ import annotations
@@ -170,8 +170,8 @@ def _error(
 
 def build_app(
     key: str, directory: CareTeamDirectory
-) -> tuple[web.Application, SignedTokenAuthenticator]:
-    """The aiohttp app serving the gateway, and the authenticator minting its tokens."""
+) -> tuple[web.Application, Gateway, SignedTokenAuthenticator]:
+    """The aiohttp app, the gateway it serves and the authenticator minting its tokens."""
     authenticator = SignedTokenAuthenticator([key], salt=SALT, max_age=8 * 3600)
     gateway = Gateway(
         authenticator=authenticator,
@@ -251,7 +251,7 @@ def build_app(
     app.router.add_route("PUT", "/care-team/{nurseId}/{patientId}", change_care_team)
     app.router.add_route("DELETE", "/care-team/{nurseId}/{patientId}", change_care_team)
     app.cleanup_ctx.append(simulated_vitals)
-    return app, authenticator
+    return app, gateway, authenticator
 
 
 def main() -> None:
@@ -259,11 +259,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument(
+        "--print-demo-token",
+        action="store_true",
+        help="print live one-hour tokens for the demo nurse, doctor and admin at start-up",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     directory = CareTeamDirectory()
     directory.seed(DEMO_CARE_TEAM)
-    app, authenticator = build_app(secret_key(), directory)
+    app, gateway, authenticator = build_app(secret_key(), directory)
     demo_users = {
         "nurse on p-1001 and p-1002": Identity(
             user_id="u-nurse", roles={"nurse"}, permissions={"view:patient"}
@@ -278,15 +283,18 @@ def main() -> None:
     print(f"Gateway on http://{args.host}:{args.port} (socket.io path /socket.io)")
     print(f"Health: http://{args.host}:{args.port}/api/socket.io/health")
     print(f"Care team (nurse, patient): {DEMO_CARE_TEAM}")
-    print("Tokens for the socket.io auth payload (or Authorization: Bearer):")
-    for label, identity in demo_users.items():
-        print(f"  {label} ({identity.user_id}): {authenticator.issue(identity, ttl=3600)}")
+    if args.print_demo_token:  # credentials: off by default, start-up output gets shared
+        print("Tokens for the socket.io auth payload (or Authorization: Bearer):")
+        for label, identity in demo_users.items():
+            print(f"  {label} ({identity.user_id}): {authenticator.issue(identity, ttl=3600)}")
     print(
         "Mint others with the same key: RTG_SECRET_KEY=... python -m realtime_gateway "
         "token --user-id u-nurse --role nurse --permission view:patient"
     )
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None)
+        # Shuts the gateway down before the web server, and logs requests without
+        # their credentials (sid and token query values, Authorization, Cookie).
+        asyncio.run(gateway.run_aiohttp(app, host=args.host, port=args.port))
     finally:
         directory.close()
         log.info("care-team database closed")

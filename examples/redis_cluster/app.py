@@ -12,6 +12,7 @@ another salt, every message the processes exchange through Redis.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -31,8 +32,8 @@ from realtime_gateway import (
 SALT = "realtime_gateway.session"
 
 
-def build_app(key: str, redis_url: str) -> web.Application:
-    """An aiohttp app serving one cluster member with its admin API."""
+def build_app(key: str, redis_url: str) -> tuple[web.Application, Gateway]:
+    """An aiohttp app serving one cluster member with its admin API, and its gateway."""
     gateway = Gateway(
         authenticator=SignedTokenAuthenticator([key], salt=SALT, max_age=8 * 3600),
         authorizer=reference_rules(),
@@ -42,7 +43,7 @@ def build_app(key: str, redis_url: str) -> web.Application:
     app = web.Application()
     gateway.attach(app)  # startup connects to Redis and fails fast if it cannot
     AdminAPI(gateway).attach(app)
-    return app
+    return app, gateway
 
 
 def main() -> None:
@@ -56,7 +57,10 @@ def main() -> None:
         sys.exit("Set RTG_SECRET_KEY (the same on every process of the cluster).")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     print(f"Cluster member on http://{args.host}:{args.port}, Redis {args.redis_url}")
-    web.run_app(build_app(key, args.redis_url), host=args.host, port=args.port, print=None)
+    app, gateway = build_app(key, args.redis_url)
+    # Shuts the gateway down before the web server, and logs requests without
+    # their credentials (sid and token query values, Authorization, Cookie).
+    asyncio.run(gateway.run_aiohttp(app, host=args.host, port=args.port))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@
 
   const config = JSON.parse(document.getElementById('clinic-config').textContent);
   const me = config.user;
-  const conversationId = config.conversationId;
   const TYPING_PAUSE_MS = 1500;
   const FEED_LIMIT = 50;
 
@@ -131,11 +130,23 @@
     const chat = connect('/chat', 'chat');
     const members = new Set();
     const typing = new Map(); // userId -> name of those typing now
+    let conversationId = config.conversationId;
     let joined = false;
     let typingSent = false;
     let typingTimer = null;
 
+    // Every conversation of the app is offered; the server decides who may join.
+    const picker = byId('conversation-pick');
+    picker.replaceChildren(...config.conversations.map((id) => {
+      const option = element('option', id);
+      option.value = id;
+      return option;
+    }));
+    picker.value = conversationId;
     byId('conversation-id').textContent = conversationId;
+
+    // Events of a conversation this page has just left may still be on their way.
+    const current = (event) => event.conversationId === conversationId;
 
     function renderPresence() {
       const list = byId('presence');
@@ -163,23 +174,48 @@
       }
     }
 
-    chat.on('connect', () => {
-      // Rooms live on the server's side of a connection: join again after a reconnect.
-      chat.emit('join:conversation', conversationId, (ack) => {
+    function join() {
+      const wanted = conversationId;
+      chat.emit('join:conversation', wanted, (ack) => {
+        if (wanted !== conversationId) {
+          // The user picked another conversation meanwhile.
+          if (ack.success) chat.emit('leave:conversation', wanted);
+          return;
+        }
         joined = ack.success;
         byId('chat').hidden = !joined;
         const note = byId('chat-unavailable');
         note.hidden = joined;
         if (!joined) {
           note.textContent = 'Chat "' + conversationId + '" is not available to you (' +
-            ack.error + ').';
+            ack.code + ': ' + ack.error + ').';
           return;
         }
         members.clear();
         ack.members.forEach((userId) => members.add(userId));
         renderPresence();
       });
+    }
+
+    // Rooms live on the server's side of a connection: join again after a reconnect.
+    chat.on('connect', join);
+
+    picker.addEventListener('change', () => {
+      if (picker.value === conversationId) return;
+      stopTyping();
+      if (joined) chat.emit('leave:conversation', conversationId);
+      joined = false;
+      conversationId = picker.value;
+      byId('conversation-id').textContent = conversationId;
+      members.clear();
+      typing.clear();
+      renderPresence();
+      renderTyping();
+      byId('messages').replaceChildren();
+      byId('chat-error').textContent = '';
+      if (chat.connected) join();
     });
+
     chat.on('disconnect', () => {
       joined = false;
       typingSent = false;
@@ -188,25 +224,30 @@
     });
 
     chat.on('user:joined', (event) => {
+      if (!current(event)) return;
       if (event.userName) names.set(event.userId, event.userName);
       members.add(event.userId);
       renderPresence();
     });
     chat.on('user:left', (event) => {
+      if (!current(event)) return;
       members.delete(event.userId);
       typing.delete(event.userId);
       renderPresence();
       renderTyping();
     });
     chat.on('user:typing', (event) => {
+      if (!current(event)) return;
       typing.set(event.userId, event.userName || nameOf(event.userId));
       renderTyping();
     });
     chat.on('user:stopped_typing', (event) => {
+      if (!current(event)) return;
       typing.delete(event.userId);
       renderTyping();
     });
     chat.on('new:message', (message) => {
+      if (!current(message)) return;
       typing.delete(message.senderId);
       renderTyping();
       const item = element('li', undefined, message.senderId === me.id ? 'mine' : '');

@@ -6,10 +6,6 @@ own interfaces.
   once and hands it to each recipient's queue in turn: no task per recipient, each
   socket's order kept (one emit is queued everywhere before the next one starts),
   closed sockets skipped. Emits with callbacks take python-socketio's own path.
-- :class:`PlainWebSocket`: python-engineio's aiohttp driver accepts permessage-deflate
-  whenever a client offers it (the official JavaScript client does), so every frame
-  is compressed; this driver class lets the gateway decline, as Node's socket.io
-  does by default.
 """
 
 from __future__ import annotations
@@ -17,12 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import socketio
-from aiohttp.web import WebSocketResponse
 from engineio import packet as eio_packet
-from engineio.async_drivers.aiohttp import WebSocket as AiohttpWebSocket
 from socketio import packet
 
-__all__ = ["FanOutManager", "PlainWebSocket"]
+__all__ = ["FanOutManager"]
 
 
 class FanOutManager(socketio.AsyncManager):  # type: ignore[misc]
@@ -75,17 +69,3 @@ class FanOutManager(socketio.AsyncManager):  # type: ignore[misc]
             for frame in frames:
                 # Puts the frame on the socket's queue, or skips a closed socket.
                 await send(eio_sid, frame)
-
-
-class PlainWebSocket(AiohttpWebSocket):  # type: ignore[misc]
-    """python-engineio's aiohttp WebSocket, declining permessage-deflate."""
-
-    async def __call__(self, environ: Any) -> Any:
-        request = environ["aiohttp.request"]
-        self._sock = WebSocketResponse(
-            max_msg_size=self.server.max_http_buffer_size, compress=False
-        )
-        await self._sock.prepare(request)
-        self.environ = environ
-        await self.handler(self)
-        return self._sock

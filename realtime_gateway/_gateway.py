@@ -14,7 +14,9 @@ from typing import Any
 import socketio
 from aiohttp import web
 from itsdangerous import URLSafeSerializer
+from socketio.packet import ACK, BINARY_ACK, BINARY_EVENT, CONNECT, CONNECT_ERROR, DISCONNECT, EVENT
 
+from ._accesslog import RedactingAccessLogger, request_error_logger
 from ._audit import AuditRecord, AuditSink, target_kind
 from ._auth import Authenticator, SignedTokenAuthenticator
 from ._authz import NO_RULE, REQUIREMENT_NOT_MET, Authorizer
@@ -28,6 +30,7 @@ from ._cluster import (
 )
 from ._config import GatewayConfig
 from ._connection import Connection
+from ._engine import EngineServer
 from ._exceptions import (
     AuthenticationFailed,
     AuthFailureReason,
@@ -38,12 +41,13 @@ from ._exceptions import (
     NotFound,
     PermissionDenied,
 )
-from ._fanout import FanOutManager, PlainWebSocket
+from ._fanout import FanOutManager
 from ._identity import Handshake, Identity
 from ._log import log, set_log_key
 from ._metrics import Metrics
 from ._namespace import GatewayNamespace, role_room, user_room
 from ._namespaces import UpdatesNamespace, make_notification
+from ._protocol import GatewayPacket, ProtocolViolation, packet_class
 from ._registry import ConnectionInfo, MemoryRegistry, Registry
 
 __all__ = ["Gateway"]
@@ -105,14 +109,52 @@ def _own_origin(environ: Mapping[str, Any]) -> str | None:
     return f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
 
 
-class _GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's server plus the connect timeout socket.io servers have:
-    a transport that joins no namespace within ``connect_timeout`` is closed."""
+class _UpstreamLog(logging.Logger):
+    """The logger the gateway gives python-socketio and python-engineio.
 
-    def __init__(self, *, connect_timeout: float, **kwargs: Any) -> None:
+    Their messages interpolate session ids, ``Origin`` headers and exception text,
+    and given ``False`` they attach a stream handler of their own to their global
+    loggers; here a warning or worse becomes a library record that names only its
+    source and the exception's type.
+    """
+
+    def __init__(self, source: str) -> None:
+        super().__init__(f"realtime_gateway.{source}", logging.WARNING)
+        self.source = source
+
+    def handle(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        log(
+            record.levelno,
+            "upstream_log",
+            source=self.source,
+            error=None if error is None else type(error).__name__,
+        )
+
+
+class _GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server with the gateway's protocol checks.
+
+    - The connect timeout socket.io servers have: a transport that joins no
+      namespace within ``connect_timeout`` is closed.
+    - Every packet is decoded by the gateway's :class:`GatewayPacket` and checked
+      before python-socketio acts on it; one the gateway cannot answer (a bad
+      header, an inconsistent binary packet) closes the client's connection at once.
+    - Client events reach a :class:`GatewayNamespace` only through its declared
+      handlers: python-socketio passes them to the same ``trigger_event`` as its
+      own ``connect`` and ``disconnect``, so an event named ``connect`` would
+      re-run admission.
+    """
+
+    def __init__(self, *, connect_timeout: float, gateway: Gateway, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._connect_timeout = connect_timeout
+        self._gateway = gateway
+        self._event_tasks: set[asyncio.Task[None]] = set()
         self.transport_closed = asyncio.Event()
+
+    def _engineio_server_class(self) -> type[EngineServer]:
+        return EngineServer
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
         await super()._handle_eio_disconnect(eio_sid, reason)
@@ -136,6 +178,102 @@ class _GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             and self.manager.is_connected(sid, namespace)
         ):
             await handler._ready(sid)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if eio_sid not in self.environ:
+            return  # the connection is closing: nothing more is read from it
+        try:
+            pending = self._binary_packet.get(eio_sid)
+            if pending is not None:
+                if pending.take_attachment(data, self._attachment_budget(pending.namespace)):
+                    del self._binary_packet[eio_sid]
+                    await self._handle_packet(eio_sid, pending)
+                return
+            pkt = self.packet_class(encoded_packet=data)
+            if pkt.packet_type in (BINARY_EVENT, BINARY_ACK) and not pkt.malformed:
+                if self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/") is None:
+                    raise ProtocolViolation("binary packet outside a namespace")
+                self._binary_packet[eio_sid] = pkt
+                return
+            await self._handle_packet(eio_sid, pkt)
+        except ProtocolViolation as exc:
+            await self._close_for(eio_sid, exc.reason)
+
+    async def _handle_packet(self, eio_sid: str, pkt: GatewayPacket) -> None:
+        kind = pkt.packet_type
+        if kind == CONNECT:
+            if pkt.malformed:
+                await self._refuse_malformed_connect(eio_sid, pkt.namespace or "/")
+            else:
+                await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        elif kind == DISCONNECT:
+            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+        elif kind in (EVENT, BINARY_EVENT):
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        elif kind in (ACK, BINARY_ACK):
+            if isinstance(pkt.data, list):
+                await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        else:
+            raise ProtocolViolation("unexpected packet type")
+
+    async def _refuse_malformed_connect(self, eio_sid: str, namespace: str) -> None:
+        refusal = AuthenticationFailed(AuthFailureReason.MALFORMED)
+        self._gateway.metrics.auth_failures[refusal.reason] += 1
+        log(logging.WARNING, "auth_failed", namespace=namespace, reason=refusal.reason)
+        error = {
+            "message": refusal.message,
+            "data": {"code": refusal.code, "reason": refusal.reason},
+        }
+        await self._send_packet(
+            eio_sid, self.packet_class(CONNECT_ERROR, data=error, namespace=namespace)
+        )
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: Any, data: Any) -> None:
+        namespace = namespace or "/"
+        handler = self.namespace_handlers.get(namespace)
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return  # as python-socketio: no events outside a connected namespace
+        if not isinstance(handler, GatewayNamespace):
+            if isinstance(data, list) and data and isinstance(data[0], str):
+                await super()._handle_event(eio_sid, namespace, id, data)
+            return
+        task = self.start_background_task(self._answer, handler, sid, eio_sid, id, data)
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    async def _answer(
+        self, handler: GatewayNamespace, sid: str, eio_sid: str, id: Any, data: Any
+    ) -> None:
+        if isinstance(data, list) and data and isinstance(data[0], str):
+            ack = await handler._dispatch(data[0], sid, tuple(data[1:]))
+        else:
+            ack = await handler._dispatch(None, sid, ())
+        if id is not None:
+            await self._send_packet(
+                eio_sid, self.packet_class(ACK, namespace=handler.namespace, id=id, data=[ack])
+            )
+
+    def _attachment_budget(self, namespace: str | None) -> int:
+        handler = self.namespace_handlers.get(namespace or "/")
+        if isinstance(handler, GatewayNamespace):
+            return handler.largest_event_size
+        return int(self._gateway.config.max_event_size)
+
+    async def _close_for(self, eio_sid: str, reason: str) -> None:
+        """Close a client's connection that broke the protocol, at once and without
+        waiting for its queue: python-socketio hears the disconnect now, so every
+        namespace socket of it leaves the registry before this returns."""
+        self._gateway.metrics.protocol_errors[reason] += 1
+        log(logging.WARNING, "protocol_error", reason=reason)
+        self._binary_packet.pop(eio_sid, None)
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed:
+            return
+        await socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        # End the websocket writer once the CLOSE packet is out, so a close frame
+        # follows it; a polling client gets the CLOSE packet on its next request.
+        socket.queue.put_nowait(None)
 
     def _check_joined(self, eio_sid: str) -> None:
         if eio_sid not in self.environ:
@@ -396,8 +534,15 @@ class Gateway:
         nothing more from open connections, so clients told ``server:shutdown``
         could not be heard leaving and the gateway would wait out its whole grace
         period. ``started`` gets the URL once the server listens.
+
+        Requests are logged without credentials: the access log is a
+        :class:`RedactingAccessLogger` (no ``sid``/``token`` query values, no
+        ``Authorization`` or ``Cookie``), and a malformed request's error on
+        ``aiohttp.server`` leaves out the bytes aiohttp quotes from it.
         """
-        runner = web.AppRunner(app)
+        runner = web.AppRunner(
+            app, access_log_class=RedactingAccessLogger, logger=request_error_logger()
+        )
         await runner.setup()
         loop = asyncio.get_running_loop()
         signals: list[signal.Signals] = []
@@ -441,6 +586,10 @@ class Gateway:
         config = self.config
         server = _GatewayServer(
             connect_timeout=config.connect_timeout,
+            gateway=self,
+            serializer=packet_class(
+                max_depth=config.max_nesting_depth, max_attachments=config.max_attachments
+            ),
             async_mode=async_mode,
             cors_allowed_origins=self._origins.transport_allows,
             cors_credentials=True,
@@ -449,14 +598,14 @@ class Gateway:
             max_http_buffer_size=config.max_payload_size,
             http_compression=config.compression,
             transports=list(config.transports),
-            logger=False,
-            engineio_logger=False,
+            logger=_UpstreamLog("socketio"),
+            engineio_logger=_UpstreamLog("engineio"),
             always_connect=False,
             client_manager=self._manager or FanOutManager(),
+            websocket_compression=config.websocket_compression,
+            cookie_path=config.path,
+            metrics=self.metrics,
         )
-        if async_mode == "aiohttp" and not config.websocket_compression:
-            # An instance-level copy: other python-engineio servers keep the driver.
-            server.eio._async = {**server.eio._async, "websocket": PlainWebSocket}
         for namespace in self._namespaces.values():
             server.register_namespace(namespace)
         self._server = server

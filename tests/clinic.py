@@ -24,7 +24,7 @@ from realtime_gateway import (
     reference_rules,
 )
 
-from .conftest import Clients, quick_config
+from .conftest import Clients, quick_config, socketio_client
 
 NAMESPACES = ("/", "/notifications", "/chat", "/updates")
 
@@ -109,7 +109,7 @@ async def connect_as(
     """Connect with ``token`` to ``namespaces``, recording every server event."""
     namespaces = tuple(namespaces)
     inbox = Inbox()
-    client = socketio.AsyncClient(reconnection=False)
+    client = socketio_client()
     inbox.listen(client, namespaces)
     clients.adopt(client)
     await client.connect(

@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+import aiohttp
 import attrs
 import pytest
 import socketio
@@ -146,6 +147,19 @@ def transport(request: pytest.FixtureRequest) -> str:
     return name
 
 
+def cookie_session() -> aiohttp.ClientSession:
+    """An aiohttp session that keeps cookies set by 127.0.0.1. aiohttp's default
+    cookie jar (and so python-engineio's client) drops cookies from IP-address hosts,
+    which would lose the gateway's polling session binding cookie."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def socketio_client(**options: Any) -> socketio.AsyncClient:
+    """A python-socketio client for the test servers: no reconnection, and cookies
+    kept for 127.0.0.1 (python-engineio creates and closes the session)."""
+    return socketio.AsyncClient(reconnection=False, http_session=cookie_session, **options)
+
+
 @attrs.define
 class Refusal:
     """How a connection attempt was refused."""
@@ -170,7 +184,7 @@ class Clients:
         headers: dict[str, str] | None = None,
         handlers: dict[str, Callable[..., Any]] | None = None,
     ) -> socketio.AsyncClient:
-        client = socketio.AsyncClient(reconnection=False)
+        client = socketio_client()
         for name, handler in (handlers or {}).items():
             for namespace in namespaces:
                 client.on(name, handler, namespace=namespace)
@@ -204,7 +218,7 @@ class Clients:
         async def on_error(data: Any = None) -> None:
             told.append(data)
 
-        client = socketio.AsyncClient(reconnection=False)
+        client = socketio_client()
         client.on("connect_error", on_error, namespace=namespace)
         with pytest.raises(socketio.exceptions.ConnectionError) as caught:
             await client.connect(

@@ -13,11 +13,17 @@ import json
 import sys
 from typing import Any
 
+import aiohttp
 import socketio
 
 
 async def start(url: str, transport: str, entry: dict[str, Any]) -> socketio.AsyncClient:
-    client = socketio.AsyncClient(reconnection=False)
+    # A cookie jar that keeps the gateway's session binding cookie from 127.0.0.1
+    # (aiohttp's default one drops cookies set by IP-address hosts).
+    client = socketio.AsyncClient(
+        reconnection=False,
+        http_session=lambda: aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)),
+    )
     await client.connect(
         url,
         namespaces=["/", "/chat"],

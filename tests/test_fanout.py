@@ -8,13 +8,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import socketio
 
 from realtime_gateway import Rule, RuleAuthorizer, SignedTokenAuthenticator, reference_rules
 from realtime_gateway._fanout import FanOutManager
 
 from .clinic import USERS, Inbox, clinic_gateway, connect_as
-from .conftest import Clients, call, quick_config
+from .conftest import Clients, call, quick_config, socketio_client
 
 LOBBY_RULES = reference_rules() + RuleAuthorizer([Rule(actions="join", target="lobby")])
 
@@ -86,7 +85,7 @@ async def test_emits_with_callbacks_get_their_answers(
 ) -> None:
     gateway = clinic_gateway(authenticator)
     async with clients.serve(gateway, server_kind) as server:
-        client = socketio.AsyncClient(reconnection=False)
+        client = socketio_client()
 
         async def answer(data: dict[str, int]) -> dict[str, int]:
             return {"double": data["n"] * 2}

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from realtime_gateway import AdminAPI, Gateway, SignedTokenAuthenticator
 
 from .clinic import NAMESPACES, USERS, clinic_gateway
-from .conftest import Clients, call, quick_config, until
+from .conftest import Clients, call, quick_config, socketio_client, until
 
 DEFAULT_NOTICE = "The server is shutting down"
 ISO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z")
@@ -61,7 +61,7 @@ async def watch(
     """Connect a client that records ``server:shutdown`` and ``disconnect`` per namespace
     (the first lines of each handler, so the record keeps the order of arrival);
     with ``leave_on_notice`` it disconnects itself on the first notice."""
-    client = socketio.AsyncClient(reconnection=False)
+    client = socketio_client()
     watched = Watched(client=client, namespaces=namespaces)
     leaving: list[bool] = []
 

@@ -1,0 +1,606 @@
+"""The gateway's engine.io layer: python-engineio's server, socket and websocket
+drivers, made strict where a hostile client could otherwise wedge or hijack them.
+
+- :class:`EngineServer` (python-socketio builds it through
+  ``_GatewayServer._engineio_server_class``) screens every HTTP request before
+  python-engineio sees it:
+
+  - *session binding*: the polling handshake sets a cookie ``rtg_eio_<sid>`` whose
+    value is an HMAC of the sid under a per-process key (``HttpOnly``,
+    ``SameSite=Strict``, ``Path`` = the socket.io path, ``Secure`` over https).
+    Every later request naming that sid (polling GET and POST, websocket upgrade)
+    must carry it, or is refused with 403 and counted in
+    ``Metrics.session_binding_refused``; a session opened over websocket has no
+    cookie, so no HTTP request may name it. A handshake expires the binding
+    cookies of sessions that are gone, so a browser does not collect them;
+  - *polling bodies*: a POST must declare its length (411 otherwise, 400 when it is
+    not a number), and one over ``maxPayload`` is answered 413 without reading
+    it and its session closed; each of these refusals closes the HTTP connection,
+    so its unread body is never read and the connection never lingers;
+  - an unknown sid is answered 400 without echoing the sid (python-engineio puts
+    it in the answer and in its error log).
+
+- :class:`EngineSocket` decodes frames strictly (:func:`decode_frame`): an empty,
+  unknown or undecodable frame, a frame a client may not send, or invalid UTF-8
+  closes the session at once (websocket: close code 1002; polling: 400), so
+  python-socketio reports the disconnect and the registry forgets the socket.
+  python-engineio raises inside its receive loop instead, dropping the websocket
+  without a close frame (or wedging an upgrade), and answers an undecodable
+  polling body 200 while the session stays open.
+- :class:`AiohttpWebSocket` and :class:`AsgiWebSocket` accept messages of up to
+  ``maxPayload`` bytes inclusive and close with 1009 above it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import inspect
+import re
+import secrets
+import urllib.parse
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import engineio
+from aiohttp import WebSocketError, WSMsgType
+from aiohttp.web import WebSocketResponse
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio import payload as eio_payload
+from engineio.async_drivers.aiohttp import WebSocket as _UpstreamAiohttpWebSocket
+from engineio.async_drivers.asgi import WebSocket as _UpstreamAsgiWebSocket
+from engineio.async_socket import AsyncSocket
+
+from ._metrics import Metrics
+
+__all__ = [
+    "COOKIE_PREFIX",
+    "AiohttpWebSocket",
+    "AsgiWebSocket",
+    "BadFrame",
+    "EngineServer",
+    "EngineSocket",
+    "decode_frame",
+]
+
+COOKIE_PREFIX = "rtg_eio_"
+_WS_PROTOCOL_ERROR = 1002
+_WS_MESSAGE_TOO_BIG = 1009
+# Frames a client may send once its session is open; it never sends OPEN or, in
+# engine.io v4, PING (the upgrade probe is checked on its own).
+_CLIENT_PACKETS = frozenset(
+    {eio_packet.CLOSE, eio_packet.PONG, eio_packet.MESSAGE, eio_packet.UPGRADE, eio_packet.NOOP}
+)
+_COOKIE_NAME = re.compile(rf"{COOKIE_PREFIX}[A-Za-z0-9_-]{{1,64}}")
+# Stale binding cookies expired per handshake; a browser sends only so many.
+_MAX_EXPIRED_COOKIES = 32
+
+
+class BadFrame(eio_exceptions.EngineIOError):  # type: ignore[misc]
+    """A frame or polling body that is not valid engine.io v4 from a client."""
+
+
+class _TooBig(OSError):
+    """A websocket message over ``maxPayload``; the driver has closed with 1009."""
+
+
+def decode_frame(frame: str | bytes, *, upgrade_probe: bool = False) -> Any:
+    """Decode one engine.io frame into a ``engineio.packet.Packet`` or raise
+    :class:`BadFrame`.
+
+    A text message keeps its data as text: python-engineio would JSON-decode
+    ``4{...}`` (and recurse without bound on ``4[[[[...``), while engine.io
+    message data is opaque text. ``upgrade_probe`` allows the ``2probe`` ping a
+    client sends on a websocket it is upgrading to.
+    """
+    if isinstance(frame, bytes | bytearray):
+        return eio_packet.Packet(eio_packet.MESSAGE, bytes(frame))
+    if not frame:
+        raise BadFrame("empty frame")
+    kind = frame[0]
+    if kind == "b":
+        try:
+            data = base64.b64decode(frame[1:], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadFrame("bad base64") from exc
+        return eio_packet.Packet(eio_packet.MESSAGE, data)
+    if kind not in "0123456":
+        raise BadFrame("unknown packet type")
+    packet_type = int(kind)
+    rest = frame[1:]
+    if packet_type == eio_packet.PING and upgrade_probe and rest == "probe":
+        return eio_packet.Packet(eio_packet.PING, rest)
+    if packet_type not in _CLIENT_PACKETS:
+        raise BadFrame("packet type not sent by clients")
+    return eio_packet.Packet(packet_type, rest or None)
+
+
+def decode_body(body: bytes) -> list[Any]:
+    """Decode a polling POST body into packets or raise :class:`BadFrame`."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadFrame("invalid UTF-8") from exc
+    if not text:
+        raise BadFrame("empty body")
+    parts = text.split("\x1e")
+    if len(parts) > eio_payload.Payload.max_decode_packets:
+        raise BadFrame("too many packets")
+    return [decode_frame(part) for part in parts]
+
+
+class EngineSocket(AsyncSocket):  # type: ignore[misc]
+    """python-engineio's socket with strict decoding and clean closes."""
+
+    bound = False
+    """Whether the session was opened over polling and so has a binding cookie."""
+    connected: bool
+    upgrading: bool
+    upgraded: bool
+
+    async def receive(self, pkt: Any) -> None:
+        if pkt.packet_type == eio_packet.NOOP:
+            return
+        await super().receive(pkt)
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        await super().close(wait=False, abort=abort, reason=reason)
+        if wait:
+            # python-engineio waits for the queue to drain, forever when no long-poll
+            # comes to take the CLOSE packet (a client that went away).
+            server = self.server
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.queue.join(), server.ping_interval + server.ping_timeout
+                )
+
+    async def handle_post_request(self, environ: dict[str, Any]) -> None:
+        # The server checked Content-Length against maxPayload before this.
+        length = int(environ["CONTENT_LENGTH"])
+        stream = environ["wsgi.input"]
+        try:
+            if hasattr(stream, "readexactly"):
+                # aiohttp's read(n) returns what has arrived so far, up to n bytes;
+                # python-engineio would decode the first chunk of a long body alone.
+                body = await stream.readexactly(length)
+            else:
+                body = await stream.read(length)
+        except asyncio.IncompleteReadError as exc:
+            await self._protocol_error("engineio_frame")
+            raise BadFrame("truncated body") from exc
+        try:
+            packets = decode_body(body)
+        except BadFrame:
+            await self._protocol_error("engineio_frame")
+            raise
+        for pkt in packets:
+            await self.receive(pkt)
+
+    async def _protocol_error(self, reason: str) -> None:
+        self.server.count_protocol_error(reason)
+        await self.close(wait=False, reason=self.server.reason.TRANSPORT_ERROR)
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        """python-engineio's websocket loop, closing cleanly on a bad frame."""
+        server = self.server
+
+        async def next_frame(*, upgrade_probe: bool = False) -> Any:
+            # None: the client closed (or sent too much: the driver closed with 1009).
+            try:
+                data = await ws.wait()
+            except _TooBig:
+                server.count_protocol_error("payload_too_large")
+                return None
+            except OSError:
+                return None
+            return decode_frame(data, upgrade_probe=upgrade_probe)
+
+        if self.connected:
+            # An upgrade from polling: the probe, then UPGRADE.
+            self.upgrading = True
+            try:
+                probe = await next_frame(upgrade_probe=True)
+                if probe is None or probe.packet_type != eio_packet.PING:
+                    self.upgrading = False
+                    await ws.close(_WS_PROTOCOL_ERROR if probe is not None else 1000)
+                    return
+                await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+                await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the long-poll
+                upgrade = await next_frame()
+            except BadFrame:
+                self.upgrading = False
+                await self._close_websocket(ws, "engineio_frame")
+                return
+            if upgrade is None or upgrade.packet_type != eio_packet.UPGRADE:
+                self.upgrading = False
+                await ws.close(_WS_PROTOCOL_ERROR if upgrade is not None else 1000)
+                return
+            self.upgraded = True
+            self.upgrading = False
+        else:
+            self.connected = True
+            self.upgraded = True
+
+        async def writer() -> None:
+            while True:
+                try:
+                    packets = await self.poll()
+                except eio_exceptions.QueueEmpty:
+                    break
+                if not packets:
+                    break
+                try:
+                    for pkt in packets:
+                        await ws.send(pkt.encode())
+                except Exception:
+                    break
+            await ws.close()
+
+        writer_task = asyncio.ensure_future(writer())
+        reason = server.reason.TRANSPORT_CLOSE
+        while True:
+            try:
+                pkt = await asyncio.wait_for(
+                    next_frame(), server.ping_interval + server.ping_timeout
+                )
+            except BadFrame:
+                server.count_protocol_error("engineio_frame")
+                await ws.close(_WS_PROTOCOL_ERROR)
+                reason = server.reason.TRANSPORT_ERROR
+                break
+            except (TimeoutError, asyncio.CancelledError):
+                break
+            if pkt is None:
+                break
+            try:
+                await self.receive(pkt)
+            except eio_exceptions.SocketIsClosedError:
+                break
+        await self.queue.put(None)  # lets the writer finish
+        await writer_task
+        await self.close(wait=False, abort=True, reason=reason)
+
+    async def _close_websocket(self, ws: Any, reason: str) -> None:
+        self.server.count_protocol_error(reason)
+        await ws.close(_WS_PROTOCOL_ERROR)
+        await self.close(wait=False, abort=False, reason=self.server.reason.TRANSPORT_ERROR)
+
+
+class AiohttpWebSocket(_UpstreamAiohttpWebSocket):  # type: ignore[misc]
+    """python-engineio's aiohttp websocket driver with exact size semantics and an
+    optional permessage-deflate.
+
+    python-engineio accepts permessage-deflate whenever a client offers it; the
+    server's ``websocket_compression`` decides here.
+    """
+
+    def __init__(self, handler: Callable[..., Any], server: Any) -> None:
+        super().__init__(handler, server)
+        self._close_sent = False
+
+    async def __call__(self, environ: dict[str, Any]) -> Any:
+        request = environ["aiohttp.request"]
+        # aiohttp refuses a frame of exactly max_msg_size bytes (its limit is
+        # exclusive); the decompressed size is checked in wait().
+        self._sock = WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size + 1,
+            compress=self.server.websocket_compression,
+        )
+        await self._sock.prepare(request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
+
+    async def wait(self) -> str | bytes:
+        msg = await self._sock.receive()
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            data: str | bytes = msg.data
+            if _too_big(data, self.server.max_http_buffer_size):
+                await self.close(_WS_MESSAGE_TOO_BIG)
+                raise _TooBig()
+            return data
+        if isinstance(msg.data, WebSocketError) and msg.data.code == _WS_MESSAGE_TOO_BIG:
+            raise _TooBig()  # aiohttp has closed with 1009
+        raise OSError()
+
+    async def close(self, code: int = 1000) -> None:
+        if not self._close_sent:
+            self._close_sent = True
+            await self._sock.close(code=code)
+
+
+class AsgiWebSocket(_UpstreamAsgiWebSocket):  # type: ignore[misc]
+    """python-engineio's ASGI websocket driver, closing with 1009 above ``maxPayload``
+    (it only drops the socket there) and with a code of the gateway's choosing.
+
+    The ASGI server's own limit (uvicorn's ``ws_max_size``, 16 MiB by default)
+    applies first when it is lower.
+    """
+
+    def __init__(self, handler: Callable[..., Any], server: Any) -> None:
+        super().__init__(handler, server)
+        self.server = server
+        self._close_sent = False
+
+    async def wait(self) -> str | bytes:
+        data: str | bytes = await super().wait()
+        if _too_big(data, self.server.max_http_buffer_size):
+            await self.close(_WS_MESSAGE_TOO_BIG)
+            raise _TooBig()
+        return data
+
+    async def close(self, code: int = 1000) -> None:
+        if not self._close_sent:
+            self._close_sent = True
+            # The client may be gone already.
+            with contextlib.suppress(Exception):
+                await self.asgi_send({"type": "websocket.close", "code": code})
+
+
+def _too_big(data: str | bytes, limit: int) -> bool:
+    if isinstance(data, str):
+        # A character is one to four bytes of UTF-8: encode only when it matters.
+        if len(data) * 4 <= limit:
+            return False
+        if len(data) > limit:
+            return True
+        return len(data.encode("utf-8")) > limit
+    return len(data) > limit
+
+
+class _Translated:
+    """A request python-engineio's handle_request gets already translated."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+
+
+def _already_translated(translated: _Translated) -> dict[str, Any]:
+    return translated.environ
+
+
+class _Refusal:
+    def __init__(self, status: str, message: str, *, close_connection: bool = False) -> None:
+        self.status = status
+        self.message = message
+        self.close_connection = close_connection
+
+
+class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's server with bound sessions, strict polling bodies and the
+    gateway's socket and websocket driver classes (see the module docstring).
+
+    Extra keyword arguments: ``websocket_compression`` (permessage-deflate under
+    aiohttp), ``cookie_path`` (the binding cookie's ``Path``), ``metrics``.
+    """
+
+    _async: dict[str, Any]
+    start_service_task: bool
+
+    def __init__(
+        self,
+        *,
+        websocket_compression: bool = False,
+        cookie_path: str = "/",
+        metrics: Metrics | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.websocket_compression = websocket_compression
+        self.cookie_path = cookie_path
+        self.metrics = metrics
+        self._binding_key = secrets.token_bytes(32)
+        self._translate = self._async["translate_request"]
+        driver: type[Any] | None = {"aiohttp": AiohttpWebSocket, "asgi": AsgiWebSocket}.get(
+            self.async_mode
+        )
+        # An instance-level copy of the driver table: other python-engineio servers
+        # in the process keep theirs.
+        self._async = {
+            **self._async,
+            "translate_request": _already_translated,
+            "websocket": driver or self._async["websocket"],
+        }
+
+    # -- requests --------------------------------------------------------------
+
+    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        if self.async_mode == "asgi" and len(args) == 3 and args[0].get("type") == "http":
+            # python-engineio awaits the first body message before anything else, and
+            # an ASGI server's receive() waits for the body to arrive: a refusal
+            # could never be sent before the whole body (or forever, if none comes).
+            scope, receive, send = args
+            args = (scope, _body_read_later(receive), send)
+        environ = self._translate(*args, **kwargs)
+        if inspect.isawaitable(environ):
+            environ = await environ
+        if not environ:
+            # ASGI: the client left before its request arrived.
+            return None
+        refusal = await self._screen(environ)
+        if refusal is not None:
+            return await self._refuse(refusal, environ)
+        return await super().handle_request(_Translated(environ))
+
+    async def _screen(self, environ: dict[str, Any]) -> _Refusal | None:
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "POST"):
+            return None
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        sids = query.get("sid")
+        if sids is None:
+            return None
+        post = method == "POST"
+        socket = self.sockets.get(sids[0])
+        if socket is None or socket.closed:
+            return _Refusal("400 BAD REQUEST", "Invalid session", close_connection=post)
+        if not self._is_bound(socket, environ):
+            if self.metrics is not None:
+                self.metrics.session_binding_refused += 1
+            return _Refusal("403 FORBIDDEN", "Forbidden", close_connection=post)
+        if not post:
+            return None
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return _Refusal("411 LENGTH REQUIRED", "Length Required", close_connection=True)
+        declared = environ.get("CONTENT_LENGTH")
+        if declared is None:
+            return _Refusal("411 LENGTH REQUIRED", "Length Required", close_connection=True)
+        if not declared.isascii() or not declared.isdigit():
+            return _Refusal("400 BAD REQUEST", "Bad Content-Length", close_connection=True)
+        if int(declared) > self.max_http_buffer_size:
+            self.count_protocol_error("payload_too_large")
+            await socket.close(wait=False, reason=self.reason.TRANSPORT_ERROR)
+            return _Refusal("413 PAYLOAD TOO LARGE", "Payload Too Large", close_connection=True)
+        return None
+
+    async def _refuse(self, refusal: _Refusal, environ: dict[str, Any]) -> Any:
+        headers = [("Content-Type", "text/plain")]
+        asgi = "asgi.scope" in environ
+        if refusal.close_connection and asgi:
+            headers.append(("Connection", "close"))
+        message = refusal.message.encode()
+        response = await self._make_response(
+            {"status": refusal.status, "headers": headers, "response": message}, environ
+        )
+        if refusal.close_connection and not asgi:
+            # aiohttp reads and drops an unread body for up to 10 s (its lingering
+            # close) before closing, even with Connection: close: send the answer,
+            # then close the connection at once.
+            request = environ["aiohttp.request"]
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
+        return response
+
+    # -- session binding -------------------------------------------------------
+
+    def _tag(self, sid: str) -> str:
+        digest = hmac.new(self._binding_key, sid.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def _is_bound(self, socket: Any, environ: dict[str, Any]) -> bool:
+        if not getattr(socket, "bound", False):
+            return False
+        wanted = self._tag(socket.sid)
+        name = COOKIE_PREFIX + socket.sid
+        return any(
+            hmac.compare_digest(value.encode(), wanted.encode())
+            for key, value in _cookies(environ)
+            if key == name
+        )
+
+    def _binding_cookies(self, sid: str, environ: dict[str, Any]) -> list[tuple[str, str]]:
+        attributes = f"; Path={self.cookie_path}; HttpOnly; SameSite=Strict"
+        if _is_https(environ):
+            attributes += "; Secure"
+        headers = [("Set-Cookie", f"{COOKIE_PREFIX}{sid}={self._tag(sid)}{attributes}")]
+        stale = {
+            key
+            for key, _ in _cookies(environ)
+            if _COOKIE_NAME.fullmatch(key)
+            and not _live(self.sockets.get(key[len(COOKIE_PREFIX) :]))
+        }
+        for key in sorted(stale)[:_MAX_EXPIRED_COOKIES]:
+            headers.append(("Set-Cookie", f"{key}=; Max-Age=0{attributes}"))
+        return headers
+
+    # -- python-engineio overrides ---------------------------------------------
+
+    async def _handle_connect(
+        self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
+    ) -> Any:
+        """python-engineio's handshake, with the gateway's socket class (upstream
+        names its own class in this method) and the binding cookie."""
+        if self.start_service_task:
+            self.start_service_task = False
+            self.service_task_handle = self.start_background_task(self._service_task)
+
+        sid = self.generate_id()
+        socket = EngineSocket(self, sid)
+        socket.bound = transport == "polling"
+        self.sockets[sid] = socket
+
+        open_packet = eio_packet.Packet(
+            eio_packet.OPEN,
+            {
+                "sid": sid,
+                "upgrades": self._upgrades(sid, transport),
+                "pingTimeout": int(self.ping_timeout * 1000),
+                "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
+                "maxPayload": self.max_http_buffer_size,
+            },
+        )
+        await socket.send(open_packet)
+
+        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        if accepted is not None and accepted is not True:
+            del self.sockets[sid]
+            return self._unauthorized(accepted or None)
+
+        socket.schedule_ping()
+
+        if transport == "websocket":
+            response = await socket.handle_get_request(environ)
+            if socket.closed and sid in self.sockets:
+                del self.sockets[sid]
+            return response
+        socket.connected = True
+        try:
+            return self._ok(
+                await socket.poll(),
+                headers=self._binding_cookies(sid, environ),
+                jsonp_index=jsonp_index,
+            )
+        except eio_exceptions.QueueEmpty:
+            return self._bad_request()
+
+    def _log_error_once(self, message: str, message_key: str) -> None:
+        # python-engineio's messages carry session ids and origins; keep the key.
+        super()._log_error_once(f"engine.io request refused ({message_key})", message_key)
+
+    def count_protocol_error(self, reason: str) -> None:
+        """Count a frame or body refused for breaking the protocol."""
+        if self.metrics is not None:
+            self.metrics.protocol_errors[reason] += 1
+
+
+def _body_read_later(receive: Callable[[], Any]) -> Callable[[], Any]:
+    """An ASGI ``receive`` whose first message is an empty body part announcing more,
+    so that python-engineio reads the real body only when it needs it."""
+    started = False
+
+    async def deferred() -> Any:
+        nonlocal started
+        if not started:
+            started = True
+            return {"type": "http.request", "body": b"", "more_body": True}
+        return await receive()
+
+    return deferred
+
+
+def _cookies(environ: dict[str, Any]) -> Iterable[tuple[str, str]]:
+    for part in environ.get("HTTP_COOKIE", "").split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep:
+            yield key.strip(), value.strip().strip('"')
+
+
+def _live(socket: Any) -> bool:
+    return socket is not None and not socket.closed
+
+
+def _is_https(environ: dict[str, Any]) -> bool:
+    if environ.get("wsgi.url_scheme") == "https":
+        return True
+    request = environ.get("aiohttp.request")
+    if request is not None:
+        return bool(request.secure)
+    scope = environ.get("asgi.scope")
+    return scope is not None and scope.get("scheme") in ("https", "wss")

@@ -46,14 +46,14 @@ from ._namespace import GatewayNamespace as GatewayNamespace
 from ._namespace import event as event
 from ._namespace import role_room as role_room
 from ._namespace import user_room as user_room
-from ._namespaces import NOTIFICATION_TYPES as NOTIFICATION_TYPES
 from ._namespaces import ChatMessageIn as ChatMessageIn
 from ._namespaces import ChatNamespace as ChatNamespace
 from ._namespaces import MainNamespace as MainNamespace
 from ._namespaces import NotificationsNamespace as NotificationsNamespace
 from ._namespaces import UpdatesNamespace as UpdatesNamespace
 from ._namespaces import default_namespaces as default_namespaces
-from ._namespaces import make_notification as make_notification
+from ._notification import NOTIFICATION_TYPES as NOTIFICATION_TYPES
+from ._notification import make_notification as make_notification
 from ._registry import ConnectionInfo as ConnectionInfo
 from ._registry import MemoryRegistry as MemoryRegistry
 from ._registry import Registry as Registry

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-__all__ = ["AuditRecord", "AuditSink", "target_kind"]
+from ._clock import iso_timestamp
+from ._log import log
+
+if TYPE_CHECKING:
+    from ._identity import Identity
+
+__all__ = ["AuditRecord", "AuditSink", "deliver", "target_kind"]
 
 
 def target_kind(target: str) -> str:
@@ -38,6 +46,22 @@ class AuditRecord:
     reason: str | None
     timestamp: str
 
+    @classmethod
+    def of(
+        cls, identity: Identity, action: str, target: str, *, allowed: bool, reason: str | None
+    ) -> AuditRecord:
+        """The record of one decision, made now."""
+        return cls(
+            user_id=identity.user_id,
+            session_id=identity.session_id,
+            action=action,
+            target=target,
+            target_kind="admin" if action == "admin" else target_kind(target),
+            allowed=allowed,
+            reason=reason,
+            timestamp=iso_timestamp(),
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The record as JSON data."""
         return {
@@ -56,3 +80,16 @@ class AuditSink(Protocol):
     """Receives every :class:`AuditRecord`: a plain function or a coroutine function."""
 
     def __call__(self, record: AuditRecord, /) -> Awaitable[None] | None: ...
+
+
+async def deliver(sink: AuditSink, record: AuditRecord) -> bool:
+    """Hand ``record`` to ``sink``; ``False`` (and an error record in the log, with
+    the exception's type only) if the sink failed."""
+    try:
+        result = sink(record)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        log(logging.ERROR, "audit_sink_failed", action=record.action, error=type(exc).__name__)
+        return False
+    return True

@@ -1,6 +1,7 @@
 """Several gateway processes as one, over Redis.
 
-Two parts, both switched on by ``GatewayConfig.redis_url``:
+:class:`Cluster` is this process's membership, switched on by
+``GatewayConfig.redis_url``; it holds two parts:
 
 - :class:`ClusterManager`, python-socketio's Redis client manager with messages
   that are JSON signed with itsdangerous (an unsigned or badly signed message is
@@ -18,6 +19,7 @@ Two parts, both switched on by ``GatewayConfig.redis_url``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -32,12 +34,22 @@ from typing import Any
 import socketio
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from ._auth import SignedTokenAuthenticator
+from ._config import GatewayConfig
 from ._connection import Connection
+from ._exceptions import ConfigurationError
 from ._identity import Identity
 from ._log import log
+from ._metrics import Metrics
 from ._registry import ConnectionInfo, MemoryRegistry
 
-__all__ = ["ClusterManager", "RedisRegistry", "identity_from_json", "identity_to_json"]
+__all__ = [
+    "Cluster",
+    "ClusterManager",
+    "RedisRegistry",
+    "identity_from_json",
+    "identity_to_json",
+]
 
 CLUSTER_SALT = "realtime_gateway.cluster"
 _SEP = "\x1f"  # joins namespace, room and user in one hash field; never in a name
@@ -632,3 +644,156 @@ class RedisRegistry:
 
 async def _nothing(swept: list[tuple[ConnectionInfo, frozenset[str]]]) -> None:
     return None
+
+
+Stats = Callable[[], Awaitable[dict[str, Any]]]
+Swept = Callable[[list[tuple[ConnectionInfo, frozenset[str]]]], Awaitable[None]]
+
+
+class Cluster:
+    """This process's membership of a cluster: the :class:`ClusterManager` that
+    carries emits and control messages, the :class:`RedisRegistry`, and the
+    heartbeat that refreshes the mirror, sweeps dead processes and publishes this
+    process's figures.
+
+    Built by :meth:`Gateway.__init__` when ``redis_url`` is set, from the config,
+    the keys that sign cluster messages, and three callbacks into the gateway:
+    ``stats`` (this process's figures), ``control`` (a control message from another
+    process) and ``swept`` (the sockets of dead processes, so their rooms can be
+    told). :meth:`start` joins, :meth:`close` leaves.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        keys: Iterable[bytes],
+        metrics: Metrics,
+        stats: Stats,
+        control: Control,
+        swept: Swept,
+    ) -> None:
+        try:
+            import redis.asyncio as aioredis
+            from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.retry import Retry
+        except ImportError:
+            raise ConfigurationError(
+                "redis_url", "needs the redis extra: pip install 'realtime_gateway[redis]'"
+            ) from None
+        assert config.redis_url is not None
+        self.config = config
+        self._metrics = metrics
+        self._stats = stats
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        # One retry on a dropped connection: after a Redis restart the first command
+        # on each pooled connection fails although Redis is back.
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 2,
+            "retry": Retry(NoBackoff(), 1),
+            "retry_on_error": [RedisConnectionError],
+        }
+        self.manager = ClusterManager(
+            config.redis_url,
+            channel=config.redis_prefix,
+            signer=URLSafeSerializer(list(keys), salt=CLUSTER_SALT),
+            dropped=self._dropped,
+            control=control,
+            redis_options=options,
+        )
+        client = aioredis.Redis.from_url(config.redis_url, socket_timeout=5, **options)
+        self.registry = RedisRegistry(
+            client,
+            prefix=config.redis_prefix,
+            ttl=config.cluster_ttl,
+            reconnect_window=config.reconnect_window,
+        )
+        self.registry.on_swept(swept)
+
+    @staticmethod
+    def keys_for(config: GatewayConfig, authenticator: object) -> list[bytes]:
+        """The keys that sign cluster messages: ``cluster_key``, else the keys of a
+        :class:`SignedTokenAuthenticator`; unsigned clustering is refused."""
+        if config.cluster_key is not None:
+            return [config.cluster_key.encode()]
+        if isinstance(authenticator, SignedTokenAuthenticator):
+            return list(authenticator.secret_keys())
+        raise ConfigurationError(
+            "cluster_key",
+            "is required with redis_url unless the authenticator is a "
+            "SignedTokenAuthenticator, whose keys then sign cluster messages",
+        )
+
+    def _dropped(self) -> None:
+        self._metrics.cluster_messages_dropped += 1
+        if self._metrics.cluster_messages_dropped == 1:
+            log(logging.WARNING, "cluster_message_dropped")
+
+    @property
+    def process(self) -> str:
+        """This process's name in the cluster."""
+        return self.registry.process
+
+    async def start(self, server: Any) -> None:
+        """Join: fail fast (``ConfigurationError``) if Redis is unreachable, beat once,
+        start the heartbeat and subscribe ``server``'s manager."""
+        try:
+            await asyncio.wait_for(self.registry.ping(), 5)
+        except Exception as exc:
+            raise ConfigurationError(
+                "redis_url", f"Redis is unreachable ({type(exc).__name__})"
+            ) from None
+        await self._beat()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat())
+        if server is not None and not server.manager_initialized:
+            # python-socketio would subscribe only when the first client connects; a
+            # process must hear the others from the start.
+            server.manager_initialized = True
+            server.manager.initialize()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cluster_ttl / 3)
+            try:
+                await self._beat()
+            except Exception as exc:
+                log(logging.ERROR, "heartbeat_failed", error=type(exc).__name__)
+
+    async def _beat(self) -> None:
+        await self.registry.heartbeat()
+        await self.registry.publish_stats(await self._stats())
+
+    async def publish_control(self, message: Mapping[str, Any]) -> None:
+        """Send a control message to every other process."""
+        await self.manager.publish_control(message)
+
+    async def cluster_stats(self, own: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"processes": {name: figures}, "total": figures}`` over every live process,
+        this one's being ``own``; the total's ``users_connected`` counts each user once."""
+        processes = await self.registry.cluster_stats()
+        processes[self.process] = dict(own)
+        total: dict[str, Any] = {}
+        for figures in processes.values():
+            for name, value in figures.items():
+                if isinstance(value, dict):
+                    merged = total.setdefault(name, {})
+                    for label, count in value.items():
+                        merged[label] = merged.get(label, 0) + count
+                else:
+                    total[name] = total.get(name, 0) + value
+        total["users_connected"] = len(await self.registry.users())
+        return {"processes": processes, "total": total}
+
+    async def close(self) -> None:
+        """Leave: stop the heartbeat and the listener, close both Redis clients."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        if getattr(self.manager, "thread", None) is not None:
+            self.manager.thread.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.manager.thread
+        await self.manager.close()
+        await self.registry.close()

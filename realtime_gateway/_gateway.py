@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
-import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import socketio
 from aiohttp import web
-from itsdangerous import URLSafeSerializer
-from socketio.packet import ACK, BINARY_ACK, BINARY_EVENT, CONNECT, CONNECT_ERROR, DISCONNECT, EVENT
 
-from ._accesslog import RedactingAccessLogger, request_error_logger
-from ._audit import AuditRecord, AuditSink, target_kind
-from ._auth import Authenticator, SignedTokenAuthenticator
+from ._audit import AuditRecord, AuditSink, deliver
+from ._auth import Authenticator
 from ._authz import NO_RULE, REQUIREMENT_NOT_MET, Authorizer
-from ._clock import iso_timestamp
-from ._cluster import (
-    CLUSTER_SALT,
-    ClusterManager,
-    RedisRegistry,
-    identity_from_json,
-    identity_to_json,
-)
+from ._cluster import Cluster, identity_from_json, identity_to_json
 from ._config import GatewayConfig
 from ._connection import Connection
-from ._engine import EngineServer
 from ._exceptions import (
     AuthenticationFailed,
     AuthFailureReason,
@@ -41,14 +27,18 @@ from ._exceptions import (
     NotFound,
     PermissionDenied,
 )
-from ._fanout import FanOutManager
 from ._identity import Handshake, Identity
 from ._log import log, set_log_key
 from ._metrics import Metrics
-from ._namespace import GatewayNamespace, role_room, user_room
-from ._namespaces import UpdatesNamespace, make_notification
-from ._protocol import GatewayPacket, ProtocolViolation, packet_class
+from ._mount import ASGIApp
+from ._mount import asgi_app as mount_asgi
+from ._mount import attach as mount_aiohttp
+from ._mount import run_aiohttp as serve_aiohttp
+from ._namespace import GatewayNamespace, UpdatePublisher, role_room, user_room
+from ._notification import make_notification
 from ._registry import ConnectionInfo, MemoryRegistry, Registry
+from ._server import OriginPolicy, build_server
+from ._shutdown import drain
 
 __all__ = ["Gateway"]
 
@@ -66,223 +56,10 @@ _LIBRARY_REASONS = frozenset(
     }
 )
 
-# How long shutdown lets clients close their transports before closing them.
-_TRANSPORT_CLOSE_WAIT = 1.0
-
 # Events socket.io clients reserve for themselves.
 _RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
 )
-
-ASGIApp = Any  # an ASGI application callable; kept loose to avoid an ASGI typing dependency
-
-
-class _OriginPolicy:
-    """Which browser origins may reach the gateway.
-
-    python-engineio asks :meth:`transport_allows` on every request that carries an
-    ``Origin`` header; the gateway asks :meth:`credentials_allowed` of handshakes
-    that carry cookies, which a wildcard does not cover.
-    """
-
-    def __init__(self, allowed: tuple[str, ...] | None) -> None:
-        self.wildcard = allowed is not None and "*" in allowed
-        self.listed = frozenset(origin.rstrip("/") for origin in allowed or () if origin != "*")
-
-    def transport_allows(self, origin: str | None, environ: Mapping[str, Any]) -> bool:
-        if origin is None or self.wildcard:
-            return True
-        return self.credentials_allowed(origin, environ)
-
-    def credentials_allowed(self, origin: str | None, environ: Mapping[str, Any]) -> bool:
-        if origin is None:
-            # Browsers send Origin on every cross-site request and WebSocket handshake;
-            # its absence means a same-origin GET or a non-browser client.
-            return True
-        return origin in self.listed or origin == _own_origin(environ)
-
-
-def _own_origin(environ: Mapping[str, Any]) -> str | None:
-    host = environ.get("HTTP_HOST")
-    if not host:
-        return None
-    return f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
-
-
-class _UpstreamLog(logging.Logger):
-    """The logger the gateway gives python-socketio and python-engineio.
-
-    Their messages interpolate session ids, ``Origin`` headers and exception text,
-    and given ``False`` they attach a stream handler of their own to their global
-    loggers; here a warning or worse becomes a library record that names only its
-    source and the exception's type.
-    """
-
-    def __init__(self, source: str) -> None:
-        super().__init__(f"realtime_gateway.{source}", logging.WARNING)
-        self.source = source
-
-    def handle(self, record: logging.LogRecord) -> None:
-        error = record.exc_info[1] if record.exc_info else None
-        log(
-            record.levelno,
-            "upstream_log",
-            source=self.source,
-            error=None if error is None else type(error).__name__,
-        )
-
-
-class _GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's server with the gateway's protocol checks.
-
-    - The connect timeout socket.io servers have: a transport that joins no
-      namespace within ``connect_timeout`` is closed.
-    - Every packet is decoded by the gateway's :class:`GatewayPacket` and checked
-      before python-socketio acts on it; one the gateway cannot answer (a bad
-      header, an inconsistent binary packet) closes the client's connection at once.
-    - Client events reach a :class:`GatewayNamespace` only through its declared
-      handlers: python-socketio passes them to the same ``trigger_event`` as its
-      own ``connect`` and ``disconnect``, so an event named ``connect`` would
-      re-run admission.
-    """
-
-    def __init__(self, *, connect_timeout: float, gateway: Gateway, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._connect_timeout = connect_timeout
-        self._gateway = gateway
-        self._event_tasks: set[asyncio.Task[None]] = set()
-        self.transport_closed = asyncio.Event()
-
-    def _engineio_server_class(self) -> type[EngineServer]:
-        return EngineServer
-
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
-        await super()._handle_eio_disconnect(eio_sid, reason)
-        self.transport_closed.set()
-
-    async def _handle_eio_connect(self, eio_sid: str, environ: Any) -> Any:
-        result = await super()._handle_eio_connect(eio_sid, environ)
-        # A timer handle is far lighter than a task per connection.
-        asyncio.get_running_loop().call_later(self._connect_timeout, self._check_joined, eio_sid)
-        return result
-
-    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
-        await super()._handle_connect(eio_sid, namespace, data)
-        # The client now has its CONNECT packet: events emitted from here on reach it.
-        namespace = namespace or "/"
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        handler = self.namespace_handlers.get(namespace)
-        if (
-            sid is not None
-            and isinstance(handler, GatewayNamespace)
-            and self.manager.is_connected(sid, namespace)
-        ):
-            await handler._ready(sid)
-
-    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        if eio_sid not in self.environ:
-            return  # the connection is closing: nothing more is read from it
-        try:
-            pending = self._binary_packet.get(eio_sid)
-            if pending is not None:
-                if pending.take_attachment(data, self._attachment_budget(pending.namespace)):
-                    del self._binary_packet[eio_sid]
-                    await self._handle_packet(eio_sid, pending)
-                return
-            pkt = self.packet_class(encoded_packet=data)
-            if pkt.packet_type in (BINARY_EVENT, BINARY_ACK) and not pkt.malformed:
-                if self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/") is None:
-                    raise ProtocolViolation("binary packet outside a namespace")
-                self._binary_packet[eio_sid] = pkt
-                return
-            await self._handle_packet(eio_sid, pkt)
-        except ProtocolViolation as exc:
-            await self._close_for(eio_sid, exc.reason)
-
-    async def _handle_packet(self, eio_sid: str, pkt: GatewayPacket) -> None:
-        kind = pkt.packet_type
-        if kind == CONNECT:
-            if pkt.malformed:
-                await self._refuse_malformed_connect(eio_sid, pkt.namespace or "/")
-            else:
-                await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
-        elif kind == DISCONNECT:
-            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
-        elif kind in (EVENT, BINARY_EVENT):
-            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
-        elif kind in (ACK, BINARY_ACK):
-            if isinstance(pkt.data, list):
-                await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
-        else:
-            raise ProtocolViolation("unexpected packet type")
-
-    async def _refuse_malformed_connect(self, eio_sid: str, namespace: str) -> None:
-        refusal = AuthenticationFailed(AuthFailureReason.MALFORMED)
-        self._gateway.metrics.auth_failures[refusal.reason] += 1
-        log(logging.WARNING, "auth_failed", namespace=namespace, reason=refusal.reason)
-        error = {
-            "message": refusal.message,
-            "data": {"code": refusal.code, "reason": refusal.reason},
-        }
-        await self._send_packet(
-            eio_sid, self.packet_class(CONNECT_ERROR, data=error, namespace=namespace)
-        )
-
-    async def _handle_event(self, eio_sid: str, namespace: str | None, id: Any, data: Any) -> None:
-        namespace = namespace or "/"
-        handler = self.namespace_handlers.get(namespace)
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        if sid is None or not self.manager.is_connected(sid, namespace):
-            return  # as python-socketio: no events outside a connected namespace
-        if not isinstance(handler, GatewayNamespace):
-            if isinstance(data, list) and data and isinstance(data[0], str):
-                await super()._handle_event(eio_sid, namespace, id, data)
-            return
-        task = self.start_background_task(self._answer, handler, sid, eio_sid, id, data)
-        self._event_tasks.add(task)
-        task.add_done_callback(self._event_tasks.discard)
-
-    async def _answer(
-        self, handler: GatewayNamespace, sid: str, eio_sid: str, id: Any, data: Any
-    ) -> None:
-        if isinstance(data, list) and data and isinstance(data[0], str):
-            ack = await handler._dispatch(data[0], sid, tuple(data[1:]))
-        else:
-            ack = await handler._dispatch(None, sid, ())
-        if id is not None:
-            await self._send_packet(
-                eio_sid, self.packet_class(ACK, namespace=handler.namespace, id=id, data=[ack])
-            )
-
-    def _attachment_budget(self, namespace: str | None) -> int:
-        handler = self.namespace_handlers.get(namespace or "/")
-        if isinstance(handler, GatewayNamespace):
-            return handler.largest_event_size
-        return int(self._gateway.config.max_event_size)
-
-    async def _close_for(self, eio_sid: str, reason: str) -> None:
-        """Close a client's connection that broke the protocol, at once and without
-        waiting for its queue: python-socketio hears the disconnect now, so every
-        namespace socket of it leaves the registry before this returns."""
-        self._gateway.metrics.protocol_errors[reason] += 1
-        log(logging.WARNING, "protocol_error", reason=reason)
-        self._binary_packet.pop(eio_sid, None)
-        socket = self.eio.sockets.get(eio_sid)
-        if socket is None or socket.closed:
-            return
-        await socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
-        # End the websocket writer once the CLOSE packet is out, so a close frame
-        # follows it; a polling client gets the CLOSE packet on its next request.
-        socket.queue.put_nowait(None)
-
-    def _check_joined(self, eio_sid: str) -> None:
-        if eio_sid not in self.environ:
-            return
-        for namespace in list(self.manager.get_namespaces()):
-            if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
-                return
-        log(logging.INFO, "connect_timeout")
-        self.start_background_task(self.eio.disconnect, eio_sid)
 
 
 class Gateway:
@@ -321,18 +98,23 @@ class Gateway:
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.config = config or GatewayConfig()
-        self._manager: ClusterManager | None = None
-        self._cluster: RedisRegistry | None = None
-        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.metrics = Metrics()
         self._started = False
+        self._cluster: Cluster | None = None
         if self.config.redis_url is not None:
-            self._manager, self._cluster = self._join_cluster(self.config.redis_url)
+            self._cluster = Cluster(
+                self.config,
+                keys=Cluster.keys_for(self.config, self.authenticator),
+                metrics=self.metrics,
+                stats=self.stats,
+                control=self._on_control,
+                swept=self._announce_swept,
+            )
         self.registry: Registry = (
             registry
-            or self._cluster
+            or (self._cluster.registry if self._cluster is not None else None)
             or MemoryRegistry(reconnect_window=self.config.reconnect_window)
         )
-        self.metrics = Metrics()
         self._audit = audit
         self._state = "running"
         self._shutdown_done: asyncio.Event | None = None
@@ -341,65 +123,12 @@ class Gateway:
         self._admit_started: dict[str, float] = {}
         if self.config.log_key is not None:
             set_log_key(self.config.log_key)
-        self._origins = _OriginPolicy(self.config.allowed_origins)
+        self._origins = OriginPolicy(self.config.allowed_origins)
         self._namespaces: dict[str, GatewayNamespace] = {}
         self._connections: dict[str, Connection] = {}
         self._server: Any = None
         for namespace in namespaces:
             self.add_namespace(namespace)
-
-    def _join_cluster(self, url: str) -> tuple[ClusterManager, RedisRegistry]:
-        try:
-            import redis.asyncio as aioredis
-            from redis.backoff import NoBackoff
-            from redis.exceptions import ConnectionError as RedisConnectionError
-            from redis.retry import Retry
-        except ImportError:
-            raise ConfigurationError(
-                "redis_url", "needs the redis extra: pip install 'realtime_gateway[redis]'"
-            ) from None
-        config = self.config
-        if config.cluster_key is not None:
-            keys: list[bytes] = [config.cluster_key.encode()]
-        elif isinstance(self.authenticator, SignedTokenAuthenticator):
-            keys = list(self.authenticator.secret_keys())
-        else:
-            raise ConfigurationError(
-                "cluster_key",
-                "is required with redis_url unless the authenticator is a "
-                "SignedTokenAuthenticator, whose keys then sign cluster messages",
-            )
-        signer = URLSafeSerializer(keys, salt=CLUSTER_SALT)
-
-        def dropped() -> None:
-            self.metrics.cluster_messages_dropped += 1
-            if self.metrics.cluster_messages_dropped == 1:
-                log(logging.WARNING, "cluster_message_dropped")
-
-        # One retry on a dropped connection: after a Redis restart the first command
-        # on each pooled connection fails although Redis is back.
-        options: dict[str, Any] = {
-            "socket_connect_timeout": 2,
-            "retry": Retry(NoBackoff(), 1),
-            "retry_on_error": [RedisConnectionError],
-        }
-        manager = ClusterManager(
-            url,
-            channel=config.redis_prefix,
-            signer=signer,
-            dropped=dropped,
-            control=self._on_control,
-            redis_options=options,
-        )
-        client = aioredis.Redis.from_url(url, socket_timeout=5, **options)
-        registry = RedisRegistry(
-            client,
-            prefix=config.redis_prefix,
-            ttl=config.cluster_ttl,
-            reconnect_window=config.reconnect_window,
-        )
-        registry.on_swept(self._announce_swept)
-        return manager, registry
 
     @property
     def process(self) -> str | None:
@@ -413,35 +142,8 @@ class Gateway:
         if self._started:
             return
         if self._cluster is not None:
-            try:
-                await asyncio.wait_for(self._cluster.ping(), 5)
-            except Exception as exc:
-                raise ConfigurationError(
-                    "redis_url", f"Redis is unreachable ({type(exc).__name__})"
-                ) from None
-            await self._beat()
-            self._heartbeat_task = asyncio.create_task(self._heartbeat())
-            server = self._server
-            if server is not None and not server.manager_initialized:
-                # python-socketio would subscribe only when the first client
-                # connects; a process must hear the others from the start.
-                server.manager_initialized = True
-                server.manager.initialize()
+            await self._cluster.start(self._server)
         self._started = True
-
-    async def _heartbeat(self) -> None:
-        assert self._cluster is not None
-        while True:
-            await asyncio.sleep(self.config.cluster_ttl / 3)
-            try:
-                await self._beat()
-            except Exception as exc:
-                log(logging.ERROR, "heartbeat_failed", error=type(exc).__name__)
-
-    async def _beat(self) -> None:
-        assert self._cluster is not None
-        await self._cluster.heartbeat()
-        await self._cluster.publish_stats(await self.stats())
 
     async def cluster_stats(self) -> dict[str, Any] | None:
         """``{"processes": {name: figures}, "total": figures}`` over every live
@@ -449,19 +151,7 @@ class Gateway:
         without a cluster."""
         if self._cluster is None:
             return None
-        processes = await self._cluster.cluster_stats()
-        processes[self._cluster.process] = await self.stats()
-        total: dict[str, Any] = {}
-        for figures in processes.values():
-            for name, value in figures.items():
-                if isinstance(value, dict):
-                    merged = total.setdefault(name, {})
-                    for label, count in value.items():
-                        merged[label] = merged.get(label, 0) + count
-                else:
-                    total[name] = total.get(name, 0) + value
-        total["users_connected"] = len(await self.registry.users())
-        return {"processes": processes, "total": total}
+        return await self._cluster.cluster_stats(await self.stats())
 
     async def _on_control(self, message: dict[str, Any]) -> None:
         if message.get("op") == "reauthorize" and isinstance(message.get("userId"), str):
@@ -506,17 +196,7 @@ class Gateway:
     def attach(self, app: web.Application) -> None:
         """Serve socket.io from the aiohttp application ``app`` at ``config.path``;
         the app's shutdown runs :meth:`shutdown` while connections are still open."""
-        server = self._build_server("aiohttp")
-        server.attach(app, socketio_path=self.config.path.strip("/"))
-
-        async def start(app: web.Application) -> None:
-            await self.start()
-
-        async def shut_down(app: web.Application) -> None:
-            await self.shutdown()
-
-        app.on_startup.append(start)
-        app.on_shutdown.append(shut_down)
+        mount_aiohttp(self, app)
 
     async def run_aiohttp(
         self,
@@ -540,38 +220,13 @@ class Gateway:
         ``Authorization`` or ``Cookie``), and a malformed request's error on
         ``aiohttp.server`` leaves out the bytes aiohttp quotes from it.
         """
-        runner = web.AppRunner(
-            app, access_log_class=RedactingAccessLogger, logger=request_error_logger()
-        )
-        await runner.setup()
-        loop = asyncio.get_running_loop()
-        signals: list[signal.Signals] = []
-        try:
-            await web.TCPSite(runner, host, port).start()
-            bound_host, bound_port = runner.addresses[0][:2]
-            if started is not None:
-                started(f"http://{bound_host}:{bound_port}")
-            if stop is None:
-                stop = asyncio.Event()
-                for signum in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(signum, stop.set)
-                    signals.append(signum)
-            await stop.wait()
-            await self.shutdown()
-        finally:
-            for signum in signals:
-                loop.remove_signal_handler(signum)
-            await runner.cleanup()
+        await serve_aiohttp(self, app, host=host, port=port, started=started, stop=stop)
 
     def asgi_app(self, other_asgi_app: ASGIApp | None = None) -> ASGIApp:
         """An ASGI app serving socket.io at ``config.path`` and everything else with
         ``other_asgi_app`` (a Starlette or FastAPI app, say), whose lifespan is kept;
         lifespan shutdown runs :meth:`shutdown` first."""
-        server = self._build_server("asgi")
-        app = socketio.ASGIApp(
-            server, other_asgi_app=other_asgi_app, socketio_path=self.config.path.strip("/")
-        )
-        return _ShutdownOnLifespan(app, other_asgi_app, self)
+        return mount_asgi(self, other_asgi_app)
 
     @property
     def server(self) -> Any:
@@ -581,35 +236,16 @@ class Gateway:
         return self._server
 
     def _build_server(self, async_mode: str) -> Any:
+        """The server for ``async_mode``, built once (by the mounting functions)."""
         if self._server is not None:
             raise ConfigurationError("async_mode", "the gateway is already mounted")
-        config = self.config
-        server = _GatewayServer(
-            connect_timeout=config.connect_timeout,
-            gateway=self,
-            serializer=packet_class(
-                max_depth=config.max_nesting_depth, max_attachments=config.max_attachments
-            ),
-            async_mode=async_mode,
-            cors_allowed_origins=self._origins.transport_allows,
-            cors_credentials=True,
-            ping_interval=config.ping_interval,
-            ping_timeout=config.ping_timeout,
-            max_http_buffer_size=config.max_payload_size,
-            http_compression=config.compression,
-            transports=list(config.transports),
-            logger=_UpstreamLog("socketio"),
-            engineio_logger=_UpstreamLog("engineio"),
-            always_connect=False,
-            client_manager=self._manager or FanOutManager(),
-            websocket_compression=config.websocket_compression,
-            cookie_path=config.path,
-            metrics=self.metrics,
+        self._server = build_server(
+            self,
+            async_mode,
+            origins=self._origins,
+            client_manager=None if self._cluster is None else self._cluster.manager,
         )
-        for namespace in self._namespaces.values():
-            server.register_namespace(namespace)
-        self._server = server
-        return server
+        return self._server
 
     # -- authentication and authorization -------------------------------------
 
@@ -690,23 +326,9 @@ class Gateway:
         that fails is logged and counted; the decision stands."""
         if self._audit is None:
             return
-        record = AuditRecord(
-            user_id=identity.user_id,
-            session_id=identity.session_id,
-            action=action,
-            target=target,
-            target_kind="admin" if action == "admin" else target_kind(target),
-            allowed=allowed,
-            reason=reason,
-            timestamp=iso_timestamp(),
-        )
-        try:
-            result = self._audit(record)
-            if inspect.isawaitable(result):
-                await result
-        except Exception as exc:
+        record = AuditRecord.of(identity, action, target, allowed=allowed, reason=reason)
+        if not await deliver(self._audit, record):
             self.metrics.audit_failures += 1
-            log(logging.ERROR, "audit_sink_failed", action=action, error=type(exc).__name__)
 
     async def is_allowed(self, identity: Identity, action: str, target: str) -> bool:
         """True if the authorizer allows; a refusal is counted and logged like any other."""
@@ -831,74 +453,16 @@ class Gateway:
             return
         self._shutdown_done = asyncio.Event()
         self._state = "draining"
-        grace = self.config.shutdown_grace if grace is None else grace
-        started = time.monotonic()
-        log(logging.INFO, "shutdown_started", connections=len(self._connections), grace_s=grace)
         try:
-            notice = {"message": message, "timestamp": iso_timestamp()}
-            for namespace in self._namespaces:
-                await self._server.emit("server:shutdown", notice, namespace=namespace)
-            deadline = started + grace
-            while self._connections and (remaining := deadline - time.monotonic()) > 0:
-                self._left.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._left.wait(), remaining)
-            await self._disconnect_all()
+            await drain(self, self.config.shutdown_grace if grace is None else grace, message)
         finally:
             self._state = "stopped"
-            log(
-                logging.INFO,
-                "shutdown_finished",
-                ms=round((time.monotonic() - started) * 1000, 1),
-            )
             self._shutdown_done.set()
-
-    async def _disconnect_all(self) -> None:
-        server = self._server
-        # A transport the client has just dropped can make python-engineio wait
-        # forever, so every step is bounded; what is left is forgotten by hand.
-        disconnects = [
-            server.disconnect(conn.sid, namespace=conn.namespace)
-            for conn in list(self._connections.values())
-        ]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*disconnects, return_exceptions=True), 5)
-        # A client told its last namespace is gone closes its transport itself; give
-        # it a moment, so that a polling client's last request is still answered.
-        deadline = time.monotonic() + _TRANSPORT_CLOSE_WAIT
-        while server.environ and (remaining := deadline - time.monotonic()) > 0:
-            server.transport_closed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.transport_closed.wait(), remaining)
-        # Transports still open (no namespace joined, or the client is gone): close
-        # without waiting for their queues, which a dead transport never drains.
-        transports = [socket.close(wait=False) for socket in list(server.eio.sockets.values())]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*transports, return_exceptions=True), 2)
-        server.eio.sockets = {}
-        for sid in list(self._connections):
-            await self._forget(sid, reason="shutdown")
-        await server.shutdown()
-        await self._leave_cluster()
-
-    async def _leave_cluster(self) -> None:
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
-        if self._manager is not None and getattr(self._manager, "thread", None) is not None:
-            self._manager.thread.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._manager.thread
-        if self._manager is not None:
-            await self._manager.close()
-        if self._cluster is not None:
-            await self._cluster.close()
 
     async def stats(self) -> dict[str, Any]:
         """The metrics counters plus the live figures ``connections_active`` and
         ``users_connected`` (sockets and users of this process)."""
-        users = self._cluster.local if self._cluster is not None else self.registry
+        users = self._cluster.registry.local if self._cluster is not None else self.registry
         return {
             **self.metrics.snapshot(),
             "connections_active": len(self._connections),
@@ -1013,9 +577,12 @@ class Gateway:
         subscribers of that resource in ``namespace`` (an :class:`UpdatesNamespace`);
         returns the update."""
         updates = self._namespaces.get(namespace)
-        if not isinstance(updates, UpdatesNamespace):
+        if not isinstance(updates, UpdatePublisher):
             raise NotFound(f"No updates namespace at {namespace}")
-        event, room, update = updates.update(resource_type, resource_id, update_type, data)
+        built: tuple[str, str, dict[str, Any]] = updates.update(
+            resource_type, resource_id, update_type, data
+        )
+        event, room, update = built
         await self._emit("update", event, update, namespace=namespace, room=room)
         return update
 
@@ -1044,7 +611,7 @@ class Gateway:
         conn = self._connections.get(sid)
         if conn is not None:
             namespace = conn.namespace
-        elif self._manager is not None and (info := await self.registry.get(sid)) is not None:
+        elif self._cluster is not None and (info := await self.registry.get(sid)) is not None:
             namespace = info.namespace  # on another process: the manager passes it on
         else:
             return False
@@ -1071,8 +638,8 @@ class Gateway:
         if identity is not None and identity.user_id != user_id:
             raise ValueError("identity is of another user")
         revoked = await self._reauthorize_here(user_id, identity)
-        if self._manager is not None:
-            await self._manager.publish_control(
+        if self._cluster is not None:
+            await self._cluster.publish_control(
                 {
                     "op": "reauthorize",
                     "userId": user_id,
@@ -1107,41 +674,3 @@ class Gateway:
 def _require_text(value: object, field: str) -> None:
     if not isinstance(value, str) or not value:
         raise InvalidPayload(f"{field} must be a non-empty string", field=field)
-
-
-class _ShutdownOnLifespan:
-    """python-socketio's ASGI app, with the gateway's graceful shutdown run when the
-    ASGI server announces lifespan shutdown, before the host app's own shutdown."""
-
-    def __init__(self, app: ASGIApp, host_app: ASGIApp | None, gateway: Gateway) -> None:
-        self.app = app
-        self.host_app = host_app
-        self.gateway = gateway
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def receive_then_shut_down() -> Any:
-            message = await receive()
-            if message.get("type") == "lifespan.startup":
-                await self.gateway.start()
-            elif message.get("type") == "lifespan.shutdown":
-                await self.gateway.shutdown()
-            return message
-
-        if self.host_app is not None:
-            await self.host_app(scope, receive_then_shut_down, send)
-            return
-        while True:
-            try:
-                message = await receive_then_shut_down()
-            except ConfigurationError as exc:
-                await send({"type": "lifespan.startup.failed", "message": exc.message})
-                return
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return

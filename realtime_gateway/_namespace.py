@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import socketio
@@ -36,7 +36,15 @@ from ._payload import PayloadSpec, encoded_size, parse_payload
 if TYPE_CHECKING:
     from ._gateway import Gateway
 
-__all__ = ["GatewayNamespace", "event", "failure", "role_room", "success", "user_room"]
+__all__ = [
+    "GatewayNamespace",
+    "UpdatePublisher",
+    "event",
+    "failure",
+    "role_room",
+    "success",
+    "user_room",
+]
 
 Ack = dict[str, Any]
 Handler = Callable[..., Awaitable[Mapping[str, Any] | None]]
@@ -94,6 +102,16 @@ def failure(error: GatewayError) -> Ack:
     if isinstance(error, InvalidPayload) and error.field is not None:
         ack["field"] = error.field
     return ack
+
+
+@runtime_checkable
+class UpdatePublisher(Protocol):
+    """A namespace that publishes resource updates (:class:`UpdatesNamespace`): what
+    :meth:`Gateway.publish_update` asks for the event, room and payload of one."""
+
+    def update(
+        self, resource_type: str, resource_id: str | int, update_type: str, data: Any
+    ) -> tuple[str, str, dict[str, Any]]: ...
 
 
 class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]

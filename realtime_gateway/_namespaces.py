@@ -20,6 +20,7 @@ from ._clock import epoch_ms, iso_timestamp
 from ._connection import Connection
 from ._exceptions import InvalidPayload, PermissionDenied
 from ._namespace import GatewayNamespace, event
+from ._notification import NOTIFICATION_TYPES, make_notification
 from ._rules import REFERENCE_RESOURCES
 
 __all__ = [
@@ -31,9 +32,6 @@ __all__ = [
     "default_namespaces",
     "make_notification",
 ]
-
-NOTIFICATION_TYPES = ("info", "success", "warning", "error")
-"""The values a notification's ``type`` may take."""
 
 MessageHook = Callable[[Connection, dict[str, Any]], Awaitable[Mapping[str, Any] | None]]
 MarkReadHook = Callable[[Connection, list[str]], Awaitable[Iterable[str] | None]]
@@ -155,33 +153,6 @@ def _resource_ref(payload: object) -> tuple[str, str]:
 
 
 # -- notifications ----------------------------------------------------------------
-
-
-def make_notification(
-    title: str,
-    message: str,
-    *,
-    type: str = "info",
-    data: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A ``notification`` payload with a fresh id and timestamp; raises
-    :class:`InvalidPayload` naming the bad argument."""
-    if not isinstance(title, str) or not title.strip():
-        raise InvalidPayload("'title' must be non-empty text", field="title")
-    if not isinstance(message, str):
-        raise InvalidPayload("'message' must be text", field="message")
-    if type not in NOTIFICATION_TYPES:
-        raise InvalidPayload(f"'type' must be one of {', '.join(NOTIFICATION_TYPES)}", field="type")
-    if data is not None and not isinstance(data, Mapping):
-        raise InvalidPayload("'data' must be an object", field="data")
-    return {
-        "id": str(uuid.uuid4()),
-        "type": type,
-        "title": title,
-        "message": message,
-        "data": dict(data or {}),
-        "timestamp": iso_timestamp(),
-    }
 
 
 # -- the namespaces ------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Mounting a gateway in a host's web server: aiohttp and ASGI.
+
+:meth:`Gateway.attach`, :meth:`Gateway.run_aiohttp` and :meth:`Gateway.asgi_app` are
+the public entry points; they call the functions here, which wire the gateway's
+start and graceful shutdown into each framework's lifecycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import socketio
+from aiohttp import web
+
+from ._accesslog import RedactingAccessLogger, request_error_logger
+from ._exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._gateway import Gateway
+
+__all__ = ["ASGIApp", "asgi_app", "attach", "run_aiohttp"]
+
+ASGIApp = Any  # an ASGI application callable; kept loose to avoid an ASGI typing dependency
+
+
+def attach(gateway: Gateway, app: web.Application) -> None:
+    """Serve ``gateway`` from the aiohttp ``app``; the app's startup runs
+    :meth:`Gateway.start` and its shutdown :meth:`Gateway.shutdown`."""
+    server = gateway._build_server("aiohttp")
+    server.attach(app, socketio_path=gateway.config.path.strip("/"))
+
+    async def start(app: web.Application) -> None:
+        await gateway.start()
+
+    async def shut_down(app: web.Application) -> None:
+        await gateway.shutdown()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(shut_down)
+
+
+async def run_aiohttp(
+    gateway: Gateway,
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    started: Callable[[str], None] | None,
+    stop: asyncio.Event | None,
+) -> None:
+    """Serve ``app`` until SIGINT, SIGTERM or ``stop``, shutting ``gateway`` down
+    before aiohttp's own shutdown (see :meth:`Gateway.run_aiohttp`)."""
+    runner = web.AppRunner(
+        app, access_log_class=RedactingAccessLogger, logger=request_error_logger()
+    )
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    signals: list[signal.Signals] = []
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        if started is not None:
+            started(f"http://{bound_host}:{bound_port}")
+        if stop is None:
+            stop = asyncio.Event()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+                signals.append(signum)
+        await stop.wait()
+        await gateway.shutdown()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+
+
+def asgi_app(gateway: Gateway, other_asgi_app: ASGIApp | None) -> ASGIApp:
+    """python-socketio's ASGI app for ``gateway`` around ``other_asgi_app``, with the
+    gateway's start and shutdown on lifespan."""
+    server = gateway._build_server("asgi")
+    app = socketio.ASGIApp(
+        server, other_asgi_app=other_asgi_app, socketio_path=gateway.config.path.strip("/")
+    )
+    return ShutdownOnLifespan(app, other_asgi_app, gateway)
+
+
+class ShutdownOnLifespan:
+    """python-socketio's ASGI app, with the gateway's graceful shutdown run when the
+    ASGI server announces lifespan shutdown, before the host app's own shutdown."""
+
+    def __init__(self, app: ASGIApp, host_app: ASGIApp | None, gateway: Gateway) -> None:
+        self.app = app
+        self.host_app = host_app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def receive_then_shut_down() -> Any:
+            message = await receive()
+            if message.get("type") == "lifespan.startup":
+                await self.gateway.start()
+            elif message.get("type") == "lifespan.shutdown":
+                await self.gateway.shutdown()
+            return message
+
+        if self.host_app is not None:
+            await self.host_app(scope, receive_then_shut_down, send)
+            return
+        while True:
+            try:
+                message = await receive_then_shut_down()
+            except ConfigurationError as exc:
+                await send({"type": "lifespan.startup.failed", "message": exc.message})
+                return
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return

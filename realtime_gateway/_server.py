@@ -1,0 +1,272 @@
+"""The gateway's python-socketio plumbing: its ``AsyncServer`` subclass, the origin
+policy, the loggers it hands python-socketio and python-engineio, and how a server
+is built for a gateway (engine.io server class, drivers, compression, limits).
+
+Everything here runs under :class:`Gateway`; nothing is patched in python-socketio
+or python-engineio, so other servers in the host's process keep their behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import socketio
+from socketio.packet import ACK, BINARY_ACK, BINARY_EVENT, CONNECT, CONNECT_ERROR, DISCONNECT, EVENT
+
+from ._engine import EngineServer
+from ._exceptions import AuthenticationFailed, AuthFailureReason
+from ._fanout import FanOutManager
+from ._log import log
+from ._namespace import GatewayNamespace
+from ._protocol import GatewayPacket, ProtocolViolation, packet_class
+
+if TYPE_CHECKING:
+    from ._gateway import Gateway
+
+__all__ = ["GatewayServer", "OriginPolicy", "UpstreamLog", "build_server"]
+
+
+class OriginPolicy:
+    """Which browser origins may reach the gateway.
+
+    python-engineio asks :meth:`transport_allows` on every request that carries an
+    ``Origin`` header; the gateway asks :meth:`credentials_allowed` of handshakes
+    that carry cookies, which a wildcard does not cover.
+    """
+
+    def __init__(self, allowed: tuple[str, ...] | None) -> None:
+        self.wildcard = allowed is not None and "*" in allowed
+        self.listed = frozenset(origin.rstrip("/") for origin in allowed or () if origin != "*")
+
+    def transport_allows(self, origin: str | None, environ: Mapping[str, Any]) -> bool:
+        if origin is None or self.wildcard:
+            return True
+        return self.credentials_allowed(origin, environ)
+
+    def credentials_allowed(self, origin: str | None, environ: Mapping[str, Any]) -> bool:
+        if origin is None:
+            # Browsers send Origin on every cross-site request and WebSocket handshake;
+            # its absence means a same-origin GET or a non-browser client.
+            return True
+        return origin in self.listed or origin == own_origin(environ)
+
+
+def own_origin(environ: Mapping[str, Any]) -> str | None:
+    host = environ.get("HTTP_HOST")
+    if not host:
+        return None
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
+
+
+class UpstreamLog(logging.Logger):
+    """The logger the gateway gives python-socketio and python-engineio.
+
+    Their messages interpolate session ids, ``Origin`` headers and exception text,
+    and given ``False`` they attach a stream handler of their own to their global
+    loggers; here a warning or worse becomes a library record that names only its
+    source and the exception's type.
+    """
+
+    def __init__(self, source: str) -> None:
+        super().__init__(f"realtime_gateway.{source}", logging.WARNING)
+        self.source = source
+
+    def handle(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        log(
+            record.levelno,
+            "upstream_log",
+            source=self.source,
+            error=None if error is None else type(error).__name__,
+        )
+
+
+class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server with the gateway's protocol checks.
+
+    - The connect timeout socket.io servers have: a transport that joins no
+      namespace within ``connect_timeout`` is closed.
+    - Every packet is decoded by the gateway's :class:`GatewayPacket` and checked
+      before python-socketio acts on it; one the gateway cannot answer (a bad
+      header, an inconsistent binary packet) closes the client's connection at once.
+    - Client events reach a :class:`GatewayNamespace` only through its declared
+      handlers: python-socketio passes them to the same ``trigger_event`` as its
+      own ``connect`` and ``disconnect``, so an event named ``connect`` would
+      re-run admission.
+    """
+
+    def __init__(self, *, connect_timeout: float, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._connect_timeout = connect_timeout
+        self._gateway = gateway
+        self._event_tasks: set[asyncio.Task[None]] = set()
+        self.transport_closed = asyncio.Event()
+
+    def _engineio_server_class(self) -> type[EngineServer]:
+        return EngineServer
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        await super()._handle_eio_disconnect(eio_sid, reason)
+        self.transport_closed.set()
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: Any) -> Any:
+        result = await super()._handle_eio_connect(eio_sid, environ)
+        # A timer handle is far lighter than a task per connection.
+        asyncio.get_running_loop().call_later(self._connect_timeout, self._check_joined, eio_sid)
+        return result
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        # The client now has its CONNECT packet: events emitted from here on reach it.
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        handler = self.namespace_handlers.get(namespace)
+        if (
+            sid is not None
+            and isinstance(handler, GatewayNamespace)
+            and self.manager.is_connected(sid, namespace)
+        ):
+            await handler._ready(sid)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if eio_sid not in self.environ:
+            return  # the connection is closing: nothing more is read from it
+        try:
+            pending = self._binary_packet.get(eio_sid)
+            if pending is not None:
+                if pending.take_attachment(data, self._attachment_budget(pending.namespace)):
+                    del self._binary_packet[eio_sid]
+                    await self._handle_packet(eio_sid, pending)
+                return
+            pkt = self.packet_class(encoded_packet=data)
+            if pkt.packet_type in (BINARY_EVENT, BINARY_ACK) and not pkt.malformed:
+                if self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/") is None:
+                    raise ProtocolViolation("binary packet outside a namespace")
+                self._binary_packet[eio_sid] = pkt
+                return
+            await self._handle_packet(eio_sid, pkt)
+        except ProtocolViolation as exc:
+            await self._close_for(eio_sid, exc.reason)
+
+    async def _handle_packet(self, eio_sid: str, pkt: GatewayPacket) -> None:
+        kind = pkt.packet_type
+        if kind == CONNECT:
+            if pkt.malformed:
+                await self._refuse_malformed_connect(eio_sid, pkt.namespace or "/")
+            else:
+                await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        elif kind == DISCONNECT:
+            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+        elif kind in (EVENT, BINARY_EVENT):
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        elif kind in (ACK, BINARY_ACK):
+            if isinstance(pkt.data, list):
+                await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        else:
+            raise ProtocolViolation("unexpected packet type")
+
+    async def _refuse_malformed_connect(self, eio_sid: str, namespace: str) -> None:
+        refusal = AuthenticationFailed(AuthFailureReason.MALFORMED)
+        self._gateway.metrics.auth_failures[refusal.reason] += 1
+        log(logging.WARNING, "auth_failed", namespace=namespace, reason=refusal.reason)
+        error = {
+            "message": refusal.message,
+            "data": {"code": refusal.code, "reason": refusal.reason},
+        }
+        await self._send_packet(
+            eio_sid, self.packet_class(CONNECT_ERROR, data=error, namespace=namespace)
+        )
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: Any, data: Any) -> None:
+        namespace = namespace or "/"
+        handler = self.namespace_handlers.get(namespace)
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return  # as python-socketio: no events outside a connected namespace
+        if not isinstance(handler, GatewayNamespace):
+            if isinstance(data, list) and data and isinstance(data[0], str):
+                await super()._handle_event(eio_sid, namespace, id, data)
+            return
+        task = self.start_background_task(self._answer, handler, sid, eio_sid, id, data)
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    async def _answer(
+        self, handler: GatewayNamespace, sid: str, eio_sid: str, id: Any, data: Any
+    ) -> None:
+        if isinstance(data, list) and data and isinstance(data[0], str):
+            ack = await handler._dispatch(data[0], sid, tuple(data[1:]))
+        else:
+            ack = await handler._dispatch(None, sid, ())
+        if id is not None:
+            await self._send_packet(
+                eio_sid, self.packet_class(ACK, namespace=handler.namespace, id=id, data=[ack])
+            )
+
+    def _attachment_budget(self, namespace: str | None) -> int:
+        handler = self.namespace_handlers.get(namespace or "/")
+        if isinstance(handler, GatewayNamespace):
+            return handler.largest_event_size
+        return int(self._gateway.config.max_event_size)
+
+    async def _close_for(self, eio_sid: str, reason: str) -> None:
+        """Close a client's connection that broke the protocol, at once and without
+        waiting for its queue: python-socketio hears the disconnect now, so every
+        namespace socket of it leaves the registry before this returns."""
+        self._gateway.metrics.protocol_errors[reason] += 1
+        log(logging.WARNING, "protocol_error", reason=reason)
+        self._binary_packet.pop(eio_sid, None)
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed:
+            return
+        await socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        # End the websocket writer once the CLOSE packet is out, so a close frame
+        # follows it; a polling client gets the CLOSE packet on its next request.
+        socket.queue.put_nowait(None)
+
+    def _check_joined(self, eio_sid: str) -> None:
+        if eio_sid not in self.environ:
+            return
+        for namespace in list(self.manager.get_namespaces()):
+            if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+                return
+        log(logging.INFO, "connect_timeout")
+        self.start_background_task(self.eio.disconnect, eio_sid)
+
+
+def build_server(
+    gateway: Gateway, async_mode: str, *, origins: OriginPolicy, client_manager: Any = None
+) -> GatewayServer:
+    """A :class:`GatewayServer` for ``gateway`` under ``async_mode`` (``"aiohttp"`` or
+    ``"asgi"``) that lets in the browser ``origins``, with the gateway's namespaces
+    registered. ``client_manager`` is the cluster's manager; by default the
+    in-process :class:`FanOutManager`."""
+    config = gateway.config
+    server = GatewayServer(
+        connect_timeout=config.connect_timeout,
+        gateway=gateway,
+        serializer=packet_class(
+            max_depth=config.max_nesting_depth, max_attachments=config.max_attachments
+        ),
+        async_mode=async_mode,
+        cors_allowed_origins=origins.transport_allows,
+        cors_credentials=True,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
+        max_http_buffer_size=config.max_payload_size,
+        http_compression=config.compression,
+        transports=list(config.transports),
+        logger=UpstreamLog("socketio"),
+        engineio_logger=UpstreamLog("engineio"),
+        always_connect=False,
+        client_manager=client_manager or FanOutManager(),
+        websocket_compression=config.websocket_compression,
+        cookie_path=config.path,
+        metrics=gateway.metrics,
+    )
+    for namespace in gateway.namespaces.values():
+        server.register_namespace(namespace)
+    return server

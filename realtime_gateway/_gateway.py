@@ -6,15 +6,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import socketio
 from aiohttp import web
 
+from . import _control as control
 from ._audit import AuditRecord, AuditSink, deliver
 from ._auth import Authenticator
 from ._authz import NO_RULE, REQUIREMENT_NOT_MET, Authorizer
-from ._cluster import Cluster, identity_from_json, identity_to_json
+from ._cluster import Cluster
 from ._config import GatewayConfig
 from ._connection import Connection
 from ._exceptions import (
@@ -28,6 +30,7 @@ from ._exceptions import (
     PermissionDenied,
 )
 from ._identity import Handshake, Identity
+from ._live import LiveConnections
 from ._log import log, set_log_key
 from ._metrics import Metrics
 from ._mount import ASGIApp
@@ -69,7 +72,16 @@ class Gateway:
     authorized (action ``connect``, target the namespace) by ``authorizer``.
     Mount with :meth:`attach` (aiohttp) or :meth:`asgi_app` (Starlette, FastAPI,
     any ASGI app). ``registry`` records the live sockets (a
-    :class:`MemoryRegistry` by default).
+    :class:`MemoryRegistry` by default, the cluster's with ``redis_url``).
+
+    The gateway composes namespaces, admits sockets (authenticate, authorize,
+    audit) and publishes; it wires the rest, each in a module of its own:
+    ``_server`` (python-socketio's server subclass, origin policy, drivers),
+    ``_engine`` (the engine.io layer: session binding, strict frames, limits),
+    ``_protocol`` (what socket.io packets are accepted), ``_live`` (this process's
+    connection table), ``_mount`` (aiohttp and ASGI wiring), ``_shutdown``
+    (draining), ``_cluster`` (membership over Redis) and ``_control``
+    (disconnects and reauthorization across the cluster).
 
     The publish API (:meth:`broadcast`, :meth:`emit_to_room`, :meth:`emit_to_user`,
     :meth:`emit_to_role`, :meth:`notify_user`, :meth:`notify_role`,
@@ -87,14 +99,7 @@ class Gateway:
         registry: Registry | None = None,
         audit: AuditSink | None = None,
     ) -> None:
-        if not isinstance(authenticator, Authenticator):
-            raise ConfigurationError("authenticator", "must have an async authenticate()")
-        if not isinstance(authorizer, Authorizer):
-            raise ConfigurationError("authorizer", "must have an async authorize()")
-        if registry is not None and not isinstance(registry, Registry):
-            raise ConfigurationError("registry", "must implement the Registry protocol")
-        if audit is not None and not callable(audit):
-            raise ConfigurationError("audit", "must be callable with an AuditRecord")
+        _check_plug_ins(authenticator, authorizer, registry, audit)
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.config = config or GatewayConfig()
@@ -107,8 +112,8 @@ class Gateway:
                 keys=Cluster.keys_for(self.config, self.authenticator),
                 metrics=self.metrics,
                 stats=self.stats,
-                control=self._on_control,
-                swept=self._announce_swept,
+                control=partial(control.on_control, self),
+                swept=partial(control.announce_swept, self),
             )
         self.registry: Registry = (
             registry
@@ -118,14 +123,11 @@ class Gateway:
         self._audit = audit
         self._state = "running"
         self._shutdown_done: asyncio.Event | None = None
-        self._left = asyncio.Event()
-        self._reconnecting: set[str] = set()
-        self._admit_started: dict[str, float] = {}
         if self.config.log_key is not None:
             set_log_key(self.config.log_key)
         self._origins = OriginPolicy(self.config.allowed_origins)
         self._namespaces: dict[str, GatewayNamespace] = {}
-        self._connections: dict[str, Connection] = {}
+        self._live = LiveConnections(self.registry, self.metrics)
         self._server: Any = None
         for namespace in namespaces:
             self.add_namespace(namespace)
@@ -152,28 +154,6 @@ class Gateway:
         if self._cluster is None:
             return None
         return await self._cluster.cluster_stats(await self.stats())
-
-    async def _on_control(self, message: dict[str, Any]) -> None:
-        if message.get("op") == "reauthorize" and isinstance(message.get("userId"), str):
-            identity = message.get("identity")
-            await self._reauthorize_here(
-                message["userId"], None if identity is None else identity_from_json(identity)
-            )
-
-    async def _announce_swept(self, swept: list[tuple[ConnectionInfo, frozenset[str]]]) -> None:
-        """Tell the rooms that the users of a dead process have left."""
-        for info, rooms in swept:
-            namespace = self._namespaces.get(info.namespace)
-            if namespace is None or not rooms:
-                continue
-            conn = Connection(
-                sid=info.sid,
-                namespace=info.namespace,
-                identity=info.identity,
-                handshake=Handshake(namespace=info.namespace),
-            )
-            for room in sorted(rooms):
-                await namespace._announce(conn, room, joined=False)
 
     # -- composition -----------------------------------------------------------
 
@@ -207,18 +187,12 @@ class Gateway:
         started: Callable[[str], None] | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
-        """Serve ``app`` (with this gateway attached) until SIGINT or SIGTERM, or
-        until ``stop`` is set, then shut the gateway down *before* the web server.
-
-        Prefer it to ``web.run_app``: once aiohttp's own shutdown begins it reads
-        nothing more from open connections, so clients told ``server:shutdown``
-        could not be heard leaving and the gateway would wait out its whole grace
-        period. ``started`` gets the URL once the server listens.
-
-        Requests are logged without credentials: the access log is a
-        :class:`RedactingAccessLogger` (no ``sid``/``token`` query values, no
-        ``Authorization`` or ``Cookie``), and a malformed request's error on
-        ``aiohttp.server`` leaves out the bytes aiohttp quotes from it.
+        """Serve ``app`` (this gateway attached) until SIGINT, SIGTERM or ``stop``,
+        then shut the gateway down *before* the web server: once aiohttp's own
+        shutdown begins it reads nothing more, so clients told ``server:shutdown``
+        could not be heard leaving. ``started`` gets the URL once the server
+        listens. Requests are logged without credentials: a
+        :class:`RedactingAccessLogger`, and no request bytes in bad-request errors.
         """
         await serve_aiohttp(self, app, host=host, port=port, started=started, stop=stop)
 
@@ -342,12 +316,12 @@ class Gateway:
 
     def connection(self, sid: str) -> Connection | None:
         """The live connection with socket id ``sid``, if any."""
-        return self._connections.get(sid)
+        return self._live.get(sid)
 
     @property
     def connections(self) -> Mapping[str, Connection]:
         """Live connections by socket id (a read-only view)."""
-        return dict(self._connections)
+        return dict(self._live)
 
     async def _admit(
         self, sid: str, namespace: str, environ: Mapping[str, Any], auth: object
@@ -376,60 +350,18 @@ class Gateway:
                 exc.message, {"code": exc.code}
             ) from None
         conn = Connection(sid=sid, namespace=namespace, identity=identity, handshake=handshake)
-        self._connections[sid] = conn
-        if await self.registry.add(conn):
-            self._reconnecting.add(sid)
-        self._admit_started[sid] = started
+        await self._live.add(conn, started=started)
         return conn
 
     def _admitted(self, conn: Connection) -> None:
         """The namespace finished setting ``conn`` up: count and log the connect."""
-        self.metrics.connections_total += 1
-        if conn.sid in self._reconnecting:
-            self._reconnecting.discard(conn.sid)
-            self.metrics.reconnections += 1
-        started = self._admit_started.pop(conn.sid, time.monotonic())
-        log(
-            logging.INFO,
-            "connect",
-            sid=conn.sid,
-            user=conn.identity.user_id,
-            namespace=conn.namespace,
-            ms=round((time.monotonic() - started) * 1000, 1),
-        )
+        self._live.admitted(conn)
 
     async def _forget(
         self, sid: str, *, reason: str, departed: bool = True
     ) -> tuple[Connection, frozenset[str]] | None:
-        """Drop ``sid`` from the gateway and its registry; returns the connection and
-        the rooms its user is no longer present in, or ``None`` if it was unknown.
-        ``departed=False``: the socket never finished connecting, so its going is no
-        departure a later connect could be a reconnection after."""
-        conn = self._connections.pop(sid, None)
-        if conn is None:
-            return None
-        self._left.set()
-        self._reconnecting.discard(sid)
-        self._admit_started.pop(sid, None)
-        gone = await self.registry.remove(sid, departed=departed)
-        log(
-            logging.INFO,
-            "disconnect",
-            sid=sid,
-            user=conn.identity.user_id,
-            namespace=conn.namespace,
-            reason=reason,
-            duration_s=round(time.time() - conn.connected_at, 3),
-        )
-        return conn, gone
-
-    def _transport_open(self, sid: str, namespace: str) -> bool:
-        server = self.server
-        try:
-            eio_sid = server.manager.eio_sid_from_sid(sid, namespace)
-        except KeyError:
-            return False
-        return eio_sid is not None and eio_sid in server.environ
+        """Drop ``sid`` (see :meth:`LiveConnections.remove`)."""
+        return await self._live.remove(sid, reason=reason, departed=departed)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -465,7 +397,7 @@ class Gateway:
         users = self._cluster.registry.local if self._cluster is not None else self.registry
         return {
             **self.metrics.snapshot(),
-            "connections_active": len(self._connections),
+            "connections_active": len(self._live),
             "users_connected": len(await users.users()),
         }
 
@@ -534,7 +466,11 @@ class Gateway:
         """Send a ``notification`` ``{id, type, title, message, data, timestamp}`` to
         every socket of ``user_id`` in ``namespace``; returns the notification."""
         _require_text(user_id, "userId")
-        return await self._notify(user_room(user_id), title, message, type, data, namespace)
+        note = make_notification(title, message, type=type, data=data)
+        await self._emit(
+            "notification", "notification", note, namespace=namespace, room=user_room(user_id)
+        )
+        return note
 
     async def notify_role(
         self,
@@ -549,19 +485,10 @@ class Gateway:
         """Send a ``notification`` to every socket in ``namespace`` of a user holding
         ``role``; returns the notification."""
         _require_text(role, "role")
-        return await self._notify(role_room(role), title, message, type, data, namespace)
-
-    async def _notify(
-        self,
-        room: str,
-        title: str,
-        message: str,
-        type: str,
-        data: Mapping[str, Any] | None,
-        namespace: str,
-    ) -> dict[str, Any]:
         note = make_notification(title, message, type=type, data=data)
-        await self._emit("notification", "notification", note, namespace=namespace, room=room)
+        await self._emit(
+            "notification", "notification", note, namespace=namespace, room=role_room(role)
+        )
         return note
 
     async def publish_update(
@@ -608,23 +535,11 @@ class Gateway:
     async def disconnect_socket(self, sid: str) -> bool:
         """Disconnect socket ``sid`` (the client is told, and does not reconnect on its
         own), on whichever process it lives; ``False`` if no such socket is known."""
-        conn = self._connections.get(sid)
-        if conn is not None:
-            namespace = conn.namespace
-        elif self._cluster is not None and (info := await self.registry.get(sid)) is not None:
-            namespace = info.namespace  # on another process: the manager passes it on
-        else:
-            return False
-        await self.server.disconnect(sid, namespace=namespace)
-        return True
+        return await control.disconnect_socket(self, sid)
 
     async def disconnect_user(self, user_id: str) -> int:
         """Disconnect every socket of ``user_id``; returns how many there were."""
-        # The registry already says where each socket is: no second lookup per socket.
-        sockets = await self.registry.user_sockets(user_id)
-        for info in sockets:
-            await self.server.disconnect(info.sid, namespace=info.namespace)
-        return len(sockets)
+        return await control.disconnect_user(self, user_id)
 
     async def reauthorize(
         self, user_id: str, identity: Identity | None = None
@@ -637,38 +552,20 @@ class Gateway:
         process; in a cluster the other processes do the same for their sockets."""
         if identity is not None and identity.user_id != user_id:
             raise ValueError("identity is of another user")
-        revoked = await self._reauthorize_here(user_id, identity)
-        if self._cluster is not None:
-            await self._cluster.publish_control(
-                {
-                    "op": "reauthorize",
-                    "userId": user_id,
-                    "identity": None if identity is None else identity_to_json(identity),
-                }
-            )
-        return revoked
+        return await control.reauthorize(self, user_id, identity)
 
-    async def _reauthorize_here(
-        self, user_id: str, identity: Identity | None
-    ) -> dict[str, list[str]]:
-        revoked: dict[str, list[str]] = {}
-        for info in await self.registry.user_sockets(user_id):
-            conn = self._connections.get(info.sid)
-            namespace = self._namespaces.get(info.namespace)
-            if conn is None or namespace is None:
-                continue  # on another process, which gets the control message
-            if identity is not None:
-                conn.identity = identity
-            if conn.identity.is_expired() or not await self.is_allowed(
-                conn.identity, "connect", conn.namespace
-            ):
-                await self.disconnect_socket(conn.sid)
-                revoked[conn.sid] = sorted(conn.rooms)
-                continue
-            left = await namespace.reauthorize(conn)
-            if left:
-                revoked[conn.sid] = left
-        return revoked
+
+def _check_plug_ins(
+    authenticator: object, authorizer: object, registry: object, audit: object
+) -> None:
+    if not isinstance(authenticator, Authenticator):
+        raise ConfigurationError("authenticator", "must have an async authenticate()")
+    if not isinstance(authorizer, Authorizer):
+        raise ConfigurationError("authorizer", "must have an async authorize()")
+    if registry is not None and not isinstance(registry, Registry):
+        raise ConfigurationError("registry", "must implement the Registry protocol")
+    if audit is not None and not callable(audit):
+        raise ConfigurationError("audit", "must be callable with an AuditRecord")
 
 
 def _require_text(value: object, field: str) -> None:

@@ -353,7 +353,7 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(
                 "Connection setup failed", {"code": "internal"}
             ) from None
-        if not self.gateway._transport_open(sid, self.namespace):
+        if not self.gateway.server.transport_open(sid, self.namespace):
             # The client went away while it was being admitted; python-socketio does
             # not report the disconnect of a socket that never finished connecting.
             await self.gateway._forget(sid, reason="transport closed", departed=False)

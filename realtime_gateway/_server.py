@@ -227,6 +227,14 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         # follows it; a polling client gets the CLOSE packet on its next request.
         socket.queue.put_nowait(None)
 
+    def transport_open(self, sid: str, namespace: str) -> bool:
+        """Whether socket ``sid``'s engine.io connection is still open."""
+        try:
+            eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        except KeyError:
+            return False
+        return eio_sid is not None and eio_sid in self.environ
+
     def _check_joined(self, eio_sid: str) -> None:
         if eio_sid not in self.environ:
             return

@@ -30,16 +30,16 @@ _TRANSPORT_CLOSE_WAIT = 1.0
 async def drain(gateway: Gateway, grace: float, message: str) -> None:
     """Notify, wait up to ``grace`` seconds for clients to leave, disconnect the rest."""
     started = time.monotonic()
-    log(logging.INFO, "shutdown_started", connections=len(gateway._connections), grace_s=grace)
+    log(logging.INFO, "shutdown_started", connections=len(gateway._live), grace_s=grace)
     try:
         notice = {"message": message, "timestamp": iso_timestamp()}
         for namespace in gateway.namespaces:
             await gateway.server.emit("server:shutdown", notice, namespace=namespace)
         deadline = started + grace
-        while gateway._connections and (remaining := deadline - time.monotonic()) > 0:
-            gateway._left.clear()
+        while gateway._live and (remaining := deadline - time.monotonic()) > 0:
+            gateway._live.left.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gateway._left.wait(), remaining)
+                await asyncio.wait_for(gateway._live.left.wait(), remaining)
         await _disconnect_all(gateway)
     finally:
         log(logging.INFO, "shutdown_finished", ms=round((time.monotonic() - started) * 1000, 1))
@@ -49,7 +49,7 @@ async def _disconnect_all(gateway: Gateway) -> None:
     server = gateway.server
     disconnects = [
         server.disconnect(conn.sid, namespace=conn.namespace)
-        for conn in list(gateway._connections.values())
+        for conn in list(gateway._live.values())
     ]
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*disconnects, return_exceptions=True), 5)
@@ -66,7 +66,7 @@ async def _disconnect_all(gateway: Gateway) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*transports, return_exceptions=True), 2)
     server.eio.sockets = {}
-    for sid in list(gateway._connections):
+    for sid in list(gateway._live):
         await gateway._forget(sid, reason="shutdown")
     await server.shutdown()
     if gateway._cluster is not None:

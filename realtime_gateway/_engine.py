@@ -18,7 +18,7 @@ drivers, made strict where a hostile client could otherwise wedge or hijack them
     it and its session closed; each of these refusals closes the HTTP connection,
     so its unread body is never read and the connection never lingers;
   - an unknown sid is answered 400 without echoing the sid (python-engineio puts
-    it in the answer and in its error log).
+    it in the answer).
 
 - :class:`EngineSocket` decodes frames strictly (:func:`decode_frame`): an empty,
   unknown or undecodable frame, a frame a client may not send, or invalid UTF-8
@@ -249,9 +249,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
                     next_frame(), server.ping_interval + server.ping_timeout
                 )
             except BadFrame:
-                server.count_protocol_error("engineio_frame")
-                await ws.close(_WS_PROTOCOL_ERROR)
-                reason = server.reason.TRANSPORT_ERROR
+                await self._close_websocket(ws, "engineio_frame")
                 break
             except (TimeoutError, asyncio.CancelledError):
                 break
@@ -267,8 +265,10 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
 
     async def _close_websocket(self, ws: Any, reason: str) -> None:
         self.server.count_protocol_error(reason)
+        # The session first, so the registry has forgotten it once the client sees
+        # the close frame; during an upgrade, its long-poll is told (CLOSE).
+        await self.close(wait=False, abort=self.upgraded, reason=self.server.reason.TRANSPORT_ERROR)
         await ws.close(_WS_PROTOCOL_ERROR)
-        await self.close(wait=False, abort=False, reason=self.server.reason.TRANSPORT_ERROR)
 
 
 class AiohttpWebSocket(_UpstreamAiohttpWebSocket):  # type: ignore[misc]
@@ -559,10 +559,6 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             )
         except eio_exceptions.QueueEmpty:
             return self._bad_request()
-
-    def _log_error_once(self, message: str, message_key: str) -> None:
-        # python-engineio's messages carry session ids and origins; keep the key.
-        super()._log_error_once(f"engine.io request refused ({message_key})", message_key)
 
     def count_protocol_error(self, reason: str) -> None:
         """Count a frame or body refused for breaking the protocol."""

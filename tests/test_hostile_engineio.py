@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import urllib.parse
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import socketio
+from aiohttp import web
+from playwright.async_api import async_playwright, expect
 
 from realtime_gateway import (
     AllowAll,
@@ -125,7 +130,11 @@ async def test_garbage_polling_body_is_answered_400_and_closes_the_session(
             assert await session.recv() == "1"
             assert await session.recv() is None
             await assert_forgotten(server)
-        await assert_next_connection_works(server, token, "polling")
+        assert server.gateway.metrics.protocol_errors["engineio_frame"] == 1
+        # (The next polling session is checked by the tests below: a polling session
+        # that leaves holds uvicorn's shutdown for a second, python-engineio answering
+        # its last long-poll only at the heartbeat.)
+        await assert_next_connection_works(server, token, "websocket")
 
 
 @pytest.mark.parametrize("probe", ["x", "", "b!!!"])
@@ -416,21 +425,23 @@ async def test_python_socketio_client_with_its_default_session_works_by_hostname
     server_kind: str, authenticator: SignedTokenAuthenticator, token: str
 ) -> None:
     """aiohttp's default cookie jar keeps cookies from host names (only IP-address
-    hosts need ``CookieJar(unsafe=True)``): polling, then the upgrade, both bound."""
+    hosts need ``CookieJar(unsafe=True)``): the polling handshake's cookie goes with
+    the upgrade. (Polling-only python-socketio clients run throughout the suite, with
+    ``conftest.socketio_client``.)"""
     gateway = make_gateway(authenticator)
     async with serve(gateway, server_kind) as server:
-        url = server.url.replace("127.0.0.1", "localhost")
-        for transports in (["polling"], ["polling", "websocket"]):
-            client = socketio.AsyncClient(reconnection=False)
-            try:
-                await client.connect(
-                    url, transports=transports, auth={"token": token}, wait_timeout=5
-                )
-                ack = await client.call("echo", "hi", timeout=5)
-                assert ack == {"success": True, "length": 2}
-                assert client.transport() == transports[-1]
-            finally:
-                await client.disconnect()
+        client = socketio.AsyncClient(reconnection=False)
+        try:
+            await client.connect(
+                server.url.replace("127.0.0.1", "localhost"),
+                transports=["polling", "websocket"],
+                auth={"token": token},
+                wait_timeout=5,
+            )
+            assert client.transport() == "websocket"
+            assert await client.call("echo", "hi", timeout=5) == {"success": True, "length": 2}
+        finally:
+            await client.disconnect()
         assert gateway.metrics.session_binding_refused == 0
 
 
@@ -442,16 +453,189 @@ async def test_python_socketio_client_by_ip_needs_a_cookie_jar_for_ips(
         client = socketio_client()
         try:
             await client.connect(
-                server.url, transports=["polling"], auth={"token": token}, wait_timeout=5
+                server.url, transports=["polling", "websocket"], auth={"token": token}
             )
+            assert client.transport() == "websocket"
             assert await client.call("echo", "hi", timeout=5) == {"success": True, "length": 2}
         finally:
             await client.disconnect()
-        # Without it, aiohttp drops the cookie and the gateway refuses the next poll.
-        plain = socketio.AsyncClient(reconnection=False)
-        with pytest.raises(socketio.exceptions.ConnectionError):
-            await plain.connect(
-                server.url, transports=["polling"], auth={"token": token}, wait_timeout=2
+        assert gateway.metrics.session_binding_refused == 0
+        # python-engineio's client uses aiohttp's default cookie jar, which drops
+        # cookies set by an IP-address host: the gateway then refuses the next poll.
+        async with aiohttp.ClientSession() as default:
+            async with default.get(eio_url(server.url, "polling")) as response:
+                assert response.status == 200
+                assert "Set-Cookie" in response.headers
+                sid = json.loads((await response.text())[1:])["sid"]
+            assert len(default.cookie_jar) == 0
+            async with default.get(eio_url(server.url, "polling", sid=sid)) as response:
+                assert response.status == 403
+        assert gateway.metrics.session_binding_refused == 1
+
+
+# -- python-engineio's own polling gaps ----------------------------------------------
+
+
+async def test_a_polling_body_arriving_in_parts_is_read_whole(
+    server_kind: str, authenticator: SignedTokenAuthenticator, token: str
+) -> None:
+    """python-engineio reads a POST body with one ``read(length)``, which under
+    aiohttp returns only what has arrived so far."""
+    async with (
+        serve(make_gateway(authenticator), server_kind) as server,
+        joined(server, token, "polling") as session,
+    ):
+        body = frame_of(MAX_PAYLOAD).encode()
+        host, port = server.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(post_head(session, f"Content-Length: {len(body)}\r\n"))
+            writer.write(body[:100])
+            await writer.drain()
+            # The server has the first part well before the rest comes.
+            await asyncio.sleep(0.2)
+            writer.write(body[100:])
+            await writer.drain()
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        ack = await session.next_sio()
+        assert ack is not None
+        assert ack.data == [{"success": True, "length": MAX_PAYLOAD - 14}]
+
+
+async def test_a_polling_noop_is_ignored(
+    server_kind: str, authenticator: SignedTokenAuthenticator, token: str
+) -> None:
+    async with (
+        serve(make_gateway(authenticator), server_kind) as server,
+        joined(server, token, "polling") as session,
+    ):
+        assert await session.post("6") == 200
+        assert await session.call("echo", "ok") == [{"success": True, "length": 2}]
+
+
+async def test_closing_a_session_nobody_polls_returns(
+    server_kind: str, authenticator: SignedTokenAuthenticator
+) -> None:
+    """python-engineio's close waits for a long-poll to take the CLOSE packet, for
+    ever when none comes (the gateway closes such sessions on connect_timeout)."""
+    gateway = make_gateway(authenticator, ping_interval=1, ping_timeout=1)
+    async with (
+        serve(gateway, server_kind) as server,
+        aiohttp.ClientSession() as http,
+        http.get(eio_url(server.url, "polling")) as response,
+    ):
+        assert response.status == 200
+        sid = json.loads((await response.text())[1:])["sid"]
+        await asyncio.wait_for(gateway.server.eio.disconnect(sid), 5)
+        assert sid not in gateway.server.eio.sockets
+
+
+# -- the official browser client ---------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+JS_CLIENT = (
+    Path(__file__).resolve().parent.parent / "node_modules/socket.io-client/dist/socket.io.min.js"
+)
+PAGE = """<!doctype html><html><body><pre id="out">…</pre>
+<script src="/socket.io.min.js"></script>
+<script>
+const out = document.getElementById("out");
+const params = new URLSearchParams(location.search);
+const socket = io(params.get("gateway"), {
+  transports: params.get("transports").split(","),
+  withCredentials: params.get("credentials") === "1",
+  auth: {token: params.get("token")},
+  reconnection: false,
+});
+socket.on("connect", async () => {
+  const ack = await socket.timeout(5000).emitWithAck("echo", "browser");
+  if (socket.io.engine.transport.name !== params.get("transports").split(",").pop()) {
+    await new Promise((done) => socket.io.engine.once("upgrade", done));
+  }
+  const again = await socket.timeout(5000).emitWithAck("echo", "again");
+  out.textContent = `ok ${ack.length} ${again.length} ${socket.io.engine.transport.name}`;
+});
+socket.on("connect_error", (error) => { out.textContent = `connect_error ${error.message}`; });
+socket.on("disconnect", (reason) => { out.textContent = `disconnect ${reason}`; });
+</script></body></html>"""
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's Chromium; its absence is a failure, not a skip."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `make browser` installs it"
+    return CHROMIUM
+
+
+@contextlib.asynccontextmanager
+async def page_server() -> AsyncIterator[str]:
+    """Another origin on the same host (same site): the page and the JS client."""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    async def client(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(JS_CLIENT)
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/socket.io.min.js", client)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("transports", "credentials", "outcome"),
+    [
+        ("polling", True, "ok 7 5 polling"),
+        ("polling,websocket", True, "ok 7 5 websocket"),
+        # Without credentials the browser drops the binding cookie: polling is refused.
+        ("polling", False, "disconnect transport error"),
+    ],
+)
+async def test_official_browser_client_cross_origin(
+    chromium: Path,
+    server_kind: str,
+    authenticator: SignedTokenAuthenticator,
+    token: str,
+    transports: str,
+    credentials: bool,
+    outcome: str,
+) -> None:
+    async with page_server() as origin:
+        gateway = make_gateway(authenticator, allowed_origins=[origin])
+        async with serve(gateway, server_kind) as server, async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=str(chromium), args=["--headless=new", "--no-sandbox"]
             )
-        await plain.eio.disconnect(abort=True)
-        assert gateway.metrics.session_binding_refused >= 1
+            try:
+                page = await browser.new_page()
+                query = urllib.parse.urlencode(
+                    {
+                        "gateway": server.url,
+                        "transports": transports,
+                        "credentials": "1" if credentials else "0",
+                        "token": token,
+                    }
+                )
+                await page.goto(f"{origin}/?{query}")
+                await expect(page.locator("#out")).to_have_text(outcome, timeout=10_000)
+            finally:
+                await browser.close()
+        refused = gateway.metrics.session_binding_refused
+        if credentials:
+            assert refused == 0
+        else:
+            assert refused > 0

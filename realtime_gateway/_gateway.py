@@ -213,12 +213,8 @@ class Gateway:
         """The server for ``async_mode``, built once (by the mounting functions)."""
         if self._server is not None:
             raise ConfigurationError("async_mode", "the gateway is already mounted")
-        self._server = build_server(
-            self,
-            async_mode,
-            origins=self._origins,
-            client_manager=None if self._cluster is None else self._cluster.manager,
-        )
+        manager = None if self._cluster is None else self._cluster.manager
+        self._server = build_server(self, async_mode, origins=self._origins, client_manager=manager)
         return self._server
 
     # -- authentication and authorization -------------------------------------
@@ -239,14 +235,7 @@ class Gateway:
             raise
 
     def _refused(self, handshake: Handshake, refusal: AuthenticationFailed) -> None:
-        self.metrics.auth_failures[refusal.reason] += 1
-        log(
-            logging.WARNING,
-            "auth_failed",
-            namespace=handshake.namespace,
-            reason=refusal.reason,
-            remote=handshake.remote_address,
-        )
+        _count_refusal(self.metrics, handshake, refusal)
 
     async def authorize(self, identity: Identity, action: str, target: str) -> None:
         """Ask the authorizer; a refusal raises :class:`PermissionDenied` (counted,
@@ -275,16 +264,7 @@ class Gateway:
         return PermissionDenied(action, target, reason)
 
     async def _denied(self, identity: Identity, action: str, target: str, reason: str) -> None:
-        self.metrics.access_denied[action] += 1
-        log(
-            logging.INFO,
-            "access_denied",
-            user=identity.user_id,
-            action=action,
-            target=target,
-            # An application's reasons are free text that may name things.
-            reason=reason if reason in _LIBRARY_REASONS else "application",
-        )
+        _count_denial(self.metrics, identity, action, target, reason)
         await self.audit(identity, action, target, allowed=False, reason=reason)
 
     async def audit(
@@ -553,6 +533,32 @@ class Gateway:
         if identity is not None and identity.user_id != user_id:
             raise ValueError("identity is of another user")
         return await control.reauthorize(self, user_id, identity)
+
+
+def _count_refusal(metrics: Metrics, handshake: Handshake, refusal: AuthenticationFailed) -> None:
+    metrics.auth_failures[refusal.reason] += 1
+    log(
+        logging.WARNING,
+        "auth_failed",
+        namespace=handshake.namespace,
+        reason=refusal.reason,
+        remote=handshake.remote_address,
+    )
+
+
+def _count_denial(
+    metrics: Metrics, identity: Identity, action: str, target: str, reason: str
+) -> None:
+    metrics.access_denied[action] += 1
+    log(
+        logging.INFO,
+        "access_denied",
+        user=identity.user_id,
+        action=action,
+        target=target,
+        # An application's reasons are free text that may name things.
+        reason=reason if reason in _LIBRARY_REASONS else "application",
+    )
 
 
 def _check_plug_ins(

@@ -19,6 +19,7 @@ from socketio.packet import ACK, BINARY_ACK, BINARY_EVENT, CONNECT, CONNECT_ERRO
 from ._engine import EngineServer
 from ._exceptions import AuthenticationFailed, AuthFailureReason
 from ._fanout import FanOutManager
+from ._identity import Handshake
 from ._log import log
 from ._namespace import GatewayNamespace
 from ._protocol import GatewayPacket, ProtocolViolation, packet_class
@@ -170,8 +171,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _refuse_malformed_connect(self, eio_sid: str, namespace: str) -> None:
         refusal = AuthenticationFailed(AuthFailureReason.MALFORMED)
-        self._gateway.metrics.auth_failures[refusal.reason] += 1
-        log(logging.WARNING, "auth_failed", namespace=namespace, reason=refusal.reason)
+        self._gateway._refused(Handshake(namespace=namespace), refusal)
         error = {
             "message": refusal.message,
             "data": {"code": refusal.code, "reason": refusal.reason},

@@ -41,7 +41,7 @@ from ._namespace import GatewayNamespace, UpdatePublisher, role_room, user_room
 from ._notification import make_notification
 from ._registry import ConnectionInfo, MemoryRegistry, Registry
 from ._server import OriginPolicy, build_server
-from ._shutdown import drain
+from ._shutdown import Lifecycle, drain
 
 __all__ = ["Gateway"]
 
@@ -121,8 +121,7 @@ class Gateway:
             or MemoryRegistry(reconnect_window=self.config.reconnect_window)
         )
         self._audit = audit
-        self._state = "running"
-        self._shutdown_done: asyncio.Event | None = None
+        self._lifecycle = Lifecycle()
         if self.config.log_key is not None:
             set_log_key(self.config.log_key)
         self._origins = OriginPolicy(self.config.allowed_origins)
@@ -311,7 +310,7 @@ class Gateway:
         started = time.monotonic()
         handshake = Handshake.from_environ(namespace, environ, auth)
         try:
-            if self._state != "running":
+            if self._lifecycle.state != "running":
                 raise GatewayNotRunning("The server is shutting down")
             if handshake.cookies and not self._origins.credentials_allowed(
                 handshake.origin, environ
@@ -348,7 +347,7 @@ class Gateway:
     @property
     def state(self) -> str:
         """``"not_mounted"``, ``"running"``, ``"draining"`` (shutting down) or ``"stopped"``."""
-        return "not_mounted" if self._server is None else self._state
+        return "not_mounted" if self._server is None else self._lifecycle.state
 
     async def shutdown(
         self, grace: float | None = None, *, message: str = "The server is shutting down"
@@ -358,18 +357,9 @@ class Gateway:
         seconds (default ``config.shutdown_grace``) for clients to leave, then
         disconnect the rest. Afterwards the registry holds none of this gateway's
         sockets. Calling it again waits for the first call to finish."""
-        if self._server is None:
-            return
-        if self._shutdown_done is not None:
-            await self._shutdown_done.wait()
-            return
-        self._shutdown_done = asyncio.Event()
-        self._state = "draining"
-        try:
-            await drain(self, self.config.shutdown_grace if grace is None else grace, message)
-        finally:
-            self._state = "stopped"
-            self._shutdown_done.set()
+        if self._server is not None:
+            grace = self.config.shutdown_grace if grace is None else grace
+            await self._lifecycle.shut_down(partial(drain, self, grace, message))
 
     async def stats(self) -> dict[str, Any]:
         """The metrics counters plus the live figures ``connections_active`` and

@@ -1,4 +1,5 @@
-"""Graceful shutdown: what :meth:`Gateway.shutdown` does once it starts draining.
+"""Graceful shutdown: the gateway's lifecycle state (:class:`Lifecycle`) and what
+:meth:`Gateway.shutdown` does once it starts draining (:func:`drain`).
 
 Tell every namespace ``server:shutdown``, wait (event-driven, up to the grace
 period) for clients to leave, then disconnect the rest with every step bounded,
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ._clock import iso_timestamp
@@ -21,10 +23,32 @@ from ._log import log
 if TYPE_CHECKING:
     from ._gateway import Gateway
 
-__all__ = ["drain"]
+__all__ = ["Lifecycle", "drain"]
 
 # How long shutdown lets clients close their transports before closing them.
 _TRANSPORT_CLOSE_WAIT = 1.0
+
+
+class Lifecycle:
+    """Whether a gateway runs (``state`` ``"running"``), drains or has stopped;
+    :meth:`shut_down` drains once, and a second call waits for the first."""
+
+    def __init__(self) -> None:
+        self.state = "running"
+        self._done: asyncio.Event | None = None
+
+    async def shut_down(self, drain: Callable[[], Awaitable[None]]) -> None:
+        """Run ``drain`` (once) while ``state`` is ``"draining"``, then stop."""
+        if self._done is not None:
+            await self._done.wait()
+            return
+        self._done = asyncio.Event()
+        self.state = "draining"
+        try:
+            await drain()
+        finally:
+            self.state = "stopped"
+            self._done.set()
 
 
 async def drain(gateway: Gateway, grace: float, message: str) -> None:

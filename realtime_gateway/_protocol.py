@@ -27,10 +27,13 @@ from socketio import packet
 
 __all__ = ["BadJson", "GatewayPacket", "JsonCodec", "ProtocolViolation", "packet_class"]
 
-# A JSON string literal; what is left once they are gone is structure only.
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+# Escapes occur only inside strings; without them, every quote opens or closes one.
+_ESCAPE = re.compile(r"\\.", re.S)
+# What is left of the text outside strings: its brackets, all made square.
+_STRUCTURE = {code: None for code in range(128) if chr(code) not in "[]{}"} | {
+    ord("{"): "[",
+    ord("}"): "]",
+}
 
 
 class ProtocolViolation(ValueError):
@@ -55,7 +58,7 @@ def _safe_int(text: str) -> int:
 class JsonCodec:
     """A JSON module for python-socketio whose ``loads`` refuses deep nesting.
 
-    Depth is measured on the text before decoding, with regular expressions only,
+    Depth is measured on the text before decoding, with string operations only,
     so a hostile document costs at most ``max_depth`` linear passes and never a
     recursion.
     """
@@ -68,13 +71,17 @@ class JsonCodec:
         ``max_depth`` (unbalanced text also fails; it would not decode anyway)."""
         if text.count("[") + text.count("{") <= self.max_depth:
             return
-        structure = _NOT_BRACKET.sub("", _STRING.sub("", text))
+        if "\\" in text:
+            text = _ESCAPE.sub("", text)
+        structure = "".join(text.split('"')[0::2]).translate(_STRUCTURE)
+        # Each pass removes the innermost pairs, one level of every branch.
         for _ in range(self.max_depth):
             if not structure:
                 return
-            structure, removed = _EMPTY_PAIR.subn("", structure)
-            if not removed:
+            shorter = structure.replace("[]", "")
+            if len(shorter) == len(structure):
                 break
+            structure = shorter
         if structure:
             raise BadJson(f"nested deeper than {self.max_depth}")
 

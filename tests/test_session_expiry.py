@@ -333,6 +333,29 @@ async def test_reauthorizing_with_a_new_identity_rearms(clients: Clients, server
         assert second.ending.cancelled()
 
 
+async def test_ending_a_session_by_hand_takes_the_same_path(
+    clients: Clients, server_kind: str
+) -> None:
+    tokens = Tokens()
+    gateway = clinic_gateway(tokens.authenticator, config=expiry_config())
+    async with clients.serve(gateway, server_kind) as server:
+        _, inbox, departure = await watched(
+            clients, server.url, tokens.token(expiring("doctor", None))
+        )
+        conn = gateway.connection(only_sid(gateway, "u-doctor"))
+        assert conn is not None
+        assert conn.sid not in gateway._sessions
+
+        gateway._sessions.end(conn, "expired")
+
+        assert await inbox.wait("auth:expired") == [{"reason": "expired"}]
+        await departure.wait()
+        await until(lambda: not gateway.connections)
+        assert inbox.of("auth:expiring") == []
+        assert len(gateway._sessions) == 0
+        assert gateway.metrics.sessions_ended == {"expired": 1}
+
+
 async def test_many_sockets_expiring_together_all_go(clients: Clients, server_kind: str) -> None:
     tokens = Tokens()
     gateway = clinic_gateway(tokens.authenticator, config=expiry_config())
@@ -348,6 +371,17 @@ async def test_many_sockets_expiring_together_all_go(clients: Clients, server_ki
         )
         assert len(gateway.connections) == count
         await until(lambda: len(gateway._sessions) == count)
+        # From just before the expiry, note on every loop iteration how many sockets
+        # are left: the loop must get a turn while the batch is being disconnected.
+        loop = asyncio.get_running_loop()
+        seen: list[int] = []
+
+        def probe() -> None:
+            seen.append(len(gateway.connections))
+            if gateway.connections:
+                loop.call_soon(probe)
+
+        loop.call_at(loop.time() + expires_at.timestamp() - time.time() - 0.3, probe)
 
         async with asyncio.timeout(15):
             for _, inbox, departure in connected:
@@ -359,6 +393,7 @@ async def test_many_sockets_expiring_together_all_go(clients: Clients, server_ki
         assert not await gateway.registry.users()
         assert len(gateway._sessions) == 0
         assert gateway.metrics.sessions_ended == {"expired": count}
+        assert any(0 < left < count for left in seen), sorted(set(seen))
 
 
 # -- audit, metrics, logs -------------------------------------------------------------

@@ -145,6 +145,9 @@ class GatewayConfig:
     ``reconnect_window``: a user's new socket in a namespace counts as a reconnection
     when their previous one there left less than this many seconds before.
     ``shutdown_grace``: how long :meth:`Gateway.shutdown` waits for clients to leave.
+    ``refresh_ahead``: how long before its identity's ``expires_at`` a socket is
+    told ``auth:expiring``; ``expiry_grace``: how long after it the socket is ended
+    with ``auth:expired``.
     ``log_key``: the key of the user pseudonyms in log records (default: a random
     key per process); set it to correlate records across processes and restarts.
 
@@ -176,6 +179,8 @@ class GatewayConfig:
     max_message_length: int = attrs.field(default=4000, validator=_positive_int)
     reconnect_window: float = attrs.field(default=60.0, validator=_positive)
     shutdown_grace: float = attrs.field(default=10.0, validator=_non_negative)
+    refresh_ahead: float = attrs.field(default=60.0, validator=_non_negative)
+    expiry_grace: float = attrs.field(default=0.0, validator=_non_negative)
     log_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
     redis_url: str | None = attrs.field(default=None, repr=False, validator=_optional_redis_url)
     redis_prefix: str = attrs.field(default="rtg", validator=_valid_prefix)

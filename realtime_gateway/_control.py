@@ -71,6 +71,7 @@ async def _reauthorize_here(
             continue  # on another process, which gets the control message
         if identity is not None:
             conn.identity = identity
+            gateway._sessions.rearm(conn)
         if conn.identity.is_expired() or not await gateway.is_allowed(
             conn.identity, "connect", conn.namespace
         ):

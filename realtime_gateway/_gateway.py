@@ -41,6 +41,7 @@ from ._namespace import GatewayNamespace, UpdatePublisher, role_room, user_room
 from ._notification import make_notification
 from ._registry import ConnectionInfo, MemoryRegistry, Registry
 from ._server import OriginPolicy, build_server
+from ._sessions import SessionTimers
 from ._shutdown import Lifecycle, drain
 
 __all__ = ["Gateway"]
@@ -80,8 +81,9 @@ class Gateway:
     ``_engine`` (the engine.io layer: session binding, strict frames, limits),
     ``_protocol`` (what socket.io packets are accepted), ``_live`` (this process's
     connection table), ``_mount`` (aiohttp and ASGI wiring), ``_shutdown``
-    (draining), ``_cluster`` (membership over Redis) and ``_control``
-    (disconnects and reauthorization across the cluster).
+    (draining), ``_sessions`` (credential expiry timers), ``_cluster``
+    (membership over Redis) and ``_control`` (disconnects and reauthorization
+    across the cluster).
 
     The publish API (:meth:`broadcast`, :meth:`emit_to_room`, :meth:`emit_to_user`,
     :meth:`emit_to_role`, :meth:`notify_user`, :meth:`notify_role`,
@@ -127,6 +129,7 @@ class Gateway:
         self._origins = OriginPolicy(self.config.allowed_origins)
         self._namespaces: dict[str, GatewayNamespace] = {}
         self._live = LiveConnections(self.registry, self.metrics)
+        self._sessions = SessionTimers(self)
         self._server: Any = None
         for namespace in namespaces:
             self.add_namespace(namespace)
@@ -336,10 +339,15 @@ class Gateway:
         """The namespace finished setting ``conn`` up: count and log the connect."""
         self._live.admitted(conn)
 
+    def _ready(self, conn: Connection) -> None:
+        """The client knows ``conn`` is connected: arm its session timers."""
+        self._sessions.arm(conn)
+
     async def _forget(
         self, sid: str, *, reason: str, departed: bool = True
     ) -> tuple[Connection, frozenset[str]] | None:
-        """Drop ``sid`` (see :meth:`LiveConnections.remove`)."""
+        """Drop ``sid`` (see :meth:`LiveConnections.remove`) and its session timers."""
+        self._sessions.cancel(sid)
         return await self._live.remove(sid, reason=reason, departed=departed)
 
     # -- lifecycle ---------------------------------------------------------------------

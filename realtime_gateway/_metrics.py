@@ -24,6 +24,7 @@ class Metrics:
         self.events_received: Counter[str] = Counter()
         self.events_refused: Counter[str] = Counter()
         self.protocol_errors: Counter[str] = Counter()
+        self.sessions_ended: Counter[str] = Counter()
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a JSON-able dict."""
@@ -39,4 +40,5 @@ class Metrics:
             "events_received": dict(self.events_received),
             "events_refused": dict(self.events_refused),
             "protocol_errors": dict(self.protocol_errors),
+            "sessions_ended": dict(self.sessions_ended),
         }

@@ -364,6 +364,7 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         conn = self.gateway.connection(sid)
         if conn is None:
             return
+        self.gateway._ready(conn)
         try:
             await self.on_ready(conn)
         except Exception as exc:

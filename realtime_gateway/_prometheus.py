@@ -36,6 +36,7 @@ _COUNTERS = (
         "Packets refused for breaking the protocol.",
         "reason",
     ),
+    ("sessions_ended", "rtg_sessions_ended", "Sessions the gateway ended.", "reason"),
 )
 _GAUGES = (
     ("connections_active", "rtg_connections_active", "Connected sockets."),

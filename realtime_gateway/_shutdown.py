@@ -92,6 +92,7 @@ async def _disconnect_all(gateway: Gateway) -> None:
     server.eio.sockets = {}
     for sid in list(gateway._live):
         await gateway._forget(sid, reason="shutdown")
+    await gateway._sessions.close()
     await server.shutdown()
     if gateway._cluster is not None:
         await gateway._cluster.close()

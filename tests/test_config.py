@@ -111,6 +111,11 @@ BAD_FIELDS: list[tuple[str, object]] = [
     ("compression", 1),
     ("compression", "yes"),
     ("compression", None),
+    *[
+        (name, value)
+        for name in ("refresh_ahead", "expiry_grace")
+        for value in (-1, -0.5, True, "10", None, float("inf"), float("nan"))
+    ],
 ]
 
 

@@ -57,6 +57,9 @@ from ._notification import make_notification as make_notification
 from ._registry import ConnectionInfo as ConnectionInfo
 from ._registry import MemoryRegistry as MemoryRegistry
 from ._registry import Registry as Registry
+from ._revocation import MemoryRevocationStore as MemoryRevocationStore
+from ._revocation import RedisRevocationStore as RedisRevocationStore
+from ._revocation import RevocationStore as RevocationStore
 from ._rules import REFERENCE_CHANNELS as REFERENCE_CHANNELS
 from ._rules import REFERENCE_RESOURCES as REFERENCE_RESOURCES
 from ._rules import reference_rules as reference_rules
@@ -94,6 +97,7 @@ __all__ = [
     "InvalidPayload",
     "MainNamespace",
     "MemoryRegistry",
+    "MemoryRevocationStore",
     "NOTIFICATION_TYPES",
     "NotFound",
     "NotificationsNamespace",
@@ -103,7 +107,9 @@ __all__ = [
     "RateLimited",
     "RedactingAccessLogger",
     "RedactingFilter",
+    "RedisRevocationStore",
     "Registry",
+    "RevocationStore",
     "Rule",
     "RuleAuthorizer",
     "SignedTokenAuthenticator",

@@ -29,7 +29,10 @@ def _parser() -> argparse.ArgumentParser:
         "--permission", action="append", default=[], help="repeat for several permissions"
     )
     token.add_argument("--name", help="display name shown to other users")
-    token.add_argument("--session-id")
+    token.add_argument(
+        "--session-id",
+        help="session id (sid claim), what revoke_session revokes (default: random)",
+    )
     token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
     token.add_argument("--salt", default=DEFAULT_TOKEN_SALT)
     return parser

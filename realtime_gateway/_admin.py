@@ -92,9 +92,12 @@ class _Route:
     body: bool
 
 
-def _route(method: str, template: str, handler: str, access: str = "admin") -> _Route:
+def _route(
+    method: str, template: str, handler: str, access: str = "admin", *, body: bool | None = None
+) -> _Route:
     pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
-    return _Route(method, template, re.compile(pattern), handler, access, method == "POST")
+    takes_body = method == "POST" if body is None else body
+    return _Route(method, template, re.compile(pattern), handler, access, takes_body)
 
 
 # More specific templates come first: /notify/role/{role} before /notify/{userId}.
@@ -107,6 +110,8 @@ _ROUTES = (
     _route("POST", "/broadcast", "_broadcast"),
     _route("POST", "/notify/role/{role}", "_notify_role"),
     _route("POST", "/notify/{userId}", "_notify_user"),
+    _route("POST", "/revoke/session/{sessionId}", "_revoke_session", body=False),
+    _route("POST", "/revoke/user/{userId}", "_revoke_user", body=False),
     _route("DELETE", "/disconnect/user/{userId}", "_disconnect_user"),
     _route("DELETE", "/disconnect/{socketId}", "_disconnect_socket"),
 )
@@ -348,6 +353,18 @@ class AdminAPI:
         if not count:
             raise NotFound("The user has no connected sockets")
         return AdminResponse(200, {"success": True, "userId": user_id, "disconnected": count})
+
+    async def _revoke_session(self, call: _Call) -> AdminResponse:
+        count = await self.gateway.revoke_session(call.params["sessionId"])
+        return AdminResponse(
+            200,
+            {"success": True, "message": "Session revoked", "data": {"disconnected": count}},
+        )
+
+    async def _revoke_user(self, call: _Call) -> AdminResponse:
+        count = await self.gateway.revoke_user(call.params["userId"])
+        body = {"success": True, "message": "User's sessions revoked"}
+        return AdminResponse(200, {**body, "data": {"disconnected": count}})
 
     # -- adapters ------------------------------------------------------------------
 

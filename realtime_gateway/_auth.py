@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -118,7 +119,10 @@ class SignedTokenAuthenticator:
         """Sign a token for ``identity`` with the newest key.
 
         ``ttl`` (seconds) shortens the token's life below ``max_age``; an identity's
-        own ``expires_at`` does the same.
+        own ``expires_at`` does the same. The token carries a session id (``sid``:
+        the identity's ``session_id``, else a new random one), which
+        :meth:`Gateway.revoke_session` revokes, and its issue time in milliseconds
+        (``iat``), which :meth:`Gateway.revoke_user` compares with.
         """
         expiry = identity.expires_at.timestamp() if identity.expires_at else None
         if ttl is not None:
@@ -130,8 +134,8 @@ class SignedTokenAuthenticator:
             claims["roles"] = sorted(identity.roles)
         if identity.permissions:
             claims["perms"] = sorted(identity.permissions)
-        if identity.session_id is not None:
-            claims["sid"] = identity.session_id
+        claims["sid"] = identity.session_id or secrets.token_urlsafe(16)
+        claims["iat"] = int(time.time() * 1000)
         if identity.display_name is not None:
             claims["name"] = identity.display_name
         if expiry is not None:
@@ -189,9 +193,16 @@ class SignedTokenAuthenticator:
         if exp is not None:
             if isinstance(exp, bool) or not isinstance(exp, int | float):
                 raise AuthenticationFailed(AuthFailureReason.MALFORMED)
-            expires_at = min(expires_at, dt.datetime.fromtimestamp(exp, dt.UTC))
+            expires_at = min(expires_at, _utc(exp))
         if expires_at <= dt.datetime.now(dt.UTC):
             raise AuthenticationFailed(AuthFailureReason.EXPIRED)
+        issued_at = signed_at
+        iat = claims.get("iat")
+        if iat is not None:
+            if isinstance(iat, bool) or not isinstance(iat, int) or iat < 0:
+                raise AuthenticationFailed(AuthFailureReason.MALFORMED)
+            # The signing timestamp has whole seconds; iat tells tokens of one second apart.
+            issued_at = _utc(iat / 1000)
         try:
             return Identity(
                 user_id=claims["sub"],
@@ -199,11 +210,19 @@ class SignedTokenAuthenticator:
                 permissions=_string_list(claims.get("perms", [])),
                 session_id=claims.get("sid"),
                 display_name=claims.get("name"),
+                issued_at=issued_at,
                 expires_at=expires_at,
                 attributes=claims.get("attrs") or {},
             )
         except (KeyError, TypeError, ValueError):
             raise AuthenticationFailed(AuthFailureReason.MALFORMED) from None
+
+
+def _utc(timestamp: float) -> dt.datetime:
+    try:
+        return dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise AuthenticationFailed(AuthFailureReason.MALFORMED) from None
 
 
 def _is_canonical(token: str) -> bool:

@@ -41,6 +41,7 @@ from ._exceptions import ConfigurationError
 from ._identity import Identity
 from ._log import log
 from ._metrics import Metrics
+from ._outage import Outage
 from ._registry import ConnectionInfo, MemoryRegistry
 
 __all__ = [
@@ -74,6 +75,7 @@ def identity_to_json(identity: Identity) -> dict[str, Any]:
         "permissions": sorted(identity.permissions),
         "sessionId": identity.session_id,
         "displayName": identity.display_name,
+        "issuedAt": identity.issued_at.isoformat() if identity.issued_at else None,
         "expiresAt": identity.expires_at.isoformat() if identity.expires_at else None,
         "attributes": attributes,
     }
@@ -81,44 +83,17 @@ def identity_to_json(identity: Identity) -> dict[str, Any]:
 
 def identity_from_json(data: Mapping[str, Any]) -> Identity:
     """The inverse of :func:`identity_to_json`."""
-    expires = data.get("expiresAt")
+    expires, issued = data.get("expiresAt"), data.get("issuedAt")
     return Identity(
         user_id=data["userId"],
         roles=data.get("roles", ()),
         permissions=data.get("permissions", ()),
         session_id=data.get("sessionId"),
         display_name=data.get("displayName"),
+        issued_at=dt.datetime.fromisoformat(issued) if issued else None,
         expires_at=dt.datetime.fromisoformat(expires) if expires else None,
         attributes=data.get("attributes") or {},
     )
-
-
-class _Outage:
-    """Tracks whether Redis is reachable: logs the first failure and the recovery
-    once each, and spaces out reconnection attempts with exponential backoff."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.down = False
-        self.retry_at = 0.0
-        self.backoff = 0.5
-
-    def may_try(self) -> bool:
-        return not self.down or time.monotonic() >= self.retry_at
-
-    def failed(self, exc: BaseException) -> None:
-        if not self.down:
-            log(logging.WARNING, "redis_unavailable", part=self.what, error=type(exc).__name__)
-            self.down = True
-            self.backoff = 0.5
-        else:
-            self.backoff = min(self.backoff * 2, 30.0)
-        self.retry_at = time.monotonic() + self.backoff
-
-    def succeeded(self) -> None:
-        if self.down:
-            log(logging.WARNING, "redis_recovered", part=self.what)
-        self.down = False
 
 
 class ClusterManager(socketio.AsyncRedisManager):  # type: ignore[misc]
@@ -153,8 +128,8 @@ class ClusterManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self._signer = signer
         self._dropped = dropped
         self._control = control
-        self._outage = _Outage("publish")
-        self._listen_outage = _Outage("subscribe")
+        self._outage = Outage("publish")
+        self._listen_outage = Outage("subscribe")
 
     def _encode(self, data: Mapping[str, Any]) -> str:
         if self._signer is None:
@@ -259,7 +234,7 @@ class RedisRegistry:
         self.reconnect_window = reconnect_window
         self.process = process or process_id()
         self.local = MemoryRegistry(reconnect_window=reconnect_window)
-        self._outage = _Outage("registry")
+        self._outage = Outage("registry")
         self._swept: Callable[[list[tuple[ConnectionInfo, frozenset[str]]]], Awaitable[None]]
         self._swept = _nothing
 

@@ -147,7 +147,12 @@ class GatewayConfig:
     ``shutdown_grace``: how long :meth:`Gateway.shutdown` waits for clients to leave.
     ``refresh_ahead``: how long before its identity's ``expires_at`` a socket is
     told ``auth:expiring``; ``expiry_grace``: how long after it the socket is ended
-    with ``auth:expired``.
+    with ``auth:expired``. ``idle_timeout`` (default off): a client connection that
+    sends no event but ``ping`` (nor ``auth:refresh``) for this long is logged off
+    with ``auth:idle`` and its session revoked. ``revocation_ttl``: how long a
+    revocation is remembered when the gateway cannot tell how long the credentials
+    it covers live (an authenticator other than :class:`SignedTokenAuthenticator`,
+    whose ``max_age`` is used otherwise).
     ``log_key``: the key of the user pseudonyms in log records (default: a random
     key per process); set it to correlate records across processes and restarts.
 
@@ -181,6 +186,8 @@ class GatewayConfig:
     shutdown_grace: float = attrs.field(default=10.0, validator=_non_negative)
     refresh_ahead: float = attrs.field(default=60.0, validator=_non_negative)
     expiry_grace: float = attrs.field(default=0.0, validator=_non_negative)
+    idle_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
+    revocation_ttl: float = attrs.field(default=86_400.0, validator=_positive)
     log_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
     redis_url: str | None = attrs.field(default=None, repr=False, validator=_optional_redis_url)
     redis_prefix: str = attrs.field(default="rtg", validator=_valid_prefix)

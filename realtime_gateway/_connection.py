@@ -16,8 +16,9 @@ class Connection:
     """A live socket: who it is, where it connected, and when it last spoke.
 
     ``sid`` is python-socketio's per-namespace socket id, the id clients see as
-    ``socket.id``. ``connected_at`` and ``last_activity`` are Unix times. ``rooms``
-    maps each room the socket is in to the action that admitted it there
+    ``socket.id``; ``eio_sid`` is its client connection's (one per browser tab,
+    shared by the tab's namespaces). ``connected_at`` and ``last_activity`` are Unix
+    times. ``rooms`` maps each room the socket is in to the action that admitted it there
     (``"join"``, ``"subscribe"``, ...) or ``None`` for the rooms the gateway puts
     every socket in (``user:{id}``, ``role:{role}``); reauthorization re-checks the
     former and the latter cannot be left.
@@ -27,6 +28,7 @@ class Connection:
     namespace: str
     identity: Identity
     handshake: Handshake = attrs.field(repr=False)
+    eio_sid: str | None = attrs.field(default=None, repr=False)
     connected_at: float = attrs.field(factory=time.time)
     last_activity: float = attrs.field(factory=time.time)
     rooms: dict[str, str | None] = attrs.field(factory=dict)

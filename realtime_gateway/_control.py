@@ -1,6 +1,8 @@
 """Control of live sockets across the cluster: what :meth:`Gateway.disconnect_socket`,
-:meth:`Gateway.disconnect_user` and :meth:`Gateway.reauthorize` do, and what a
-process does with the control messages and sweeps of the others.
+:meth:`Gateway.disconnect_user`, :meth:`Gateway.reauthorize`,
+:meth:`Gateway.revoke_session` and :meth:`Gateway.revoke_user` do, what a
+client's ``auth:refresh`` does (:func:`refresh`), and what a process does with
+the control messages and sweeps of the others.
 
 A cluster-wide operation is done here for this process's sockets and published
 as a control message (:func:`on_control` runs it on every other process); the
@@ -9,17 +11,37 @@ sockets of a process that died are announced to their rooms (:func:`announce_swe
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
+from ._auth import SignedTokenAuthenticator
 from ._cluster import identity_from_json, identity_to_json
 from ._connection import Connection
+from ._exceptions import GatewayNotRunning
 from ._identity import Handshake, Identity
+from ._log import log
 from ._registry import ConnectionInfo
+from ._revocation import session_digest
 
 if TYPE_CHECKING:
     from ._gateway import Gateway
 
-__all__ = ["announce_swept", "disconnect_socket", "disconnect_user", "on_control", "reauthorize"]
+__all__ = [
+    "announce_swept",
+    "disconnect_socket",
+    "disconnect_user",
+    "on_control",
+    "reauthorize",
+    "refresh",
+    "revoke_session",
+    "revoke_user",
+]
 
 
 async def disconnect_socket(gateway: Gateway, sid: str) -> bool:
@@ -66,31 +88,179 @@ async def _reauthorize_here(
     revoked: dict[str, list[str]] = {}
     for info in await gateway.registry.user_sockets(user_id):
         conn = gateway.connection(info.sid)
-        namespace = gateway.namespaces.get(info.namespace)
-        if conn is None or namespace is None:
+        if conn is None:
             continue  # on another process, which gets the control message
         if identity is not None:
             conn.identity = identity
             gateway._sessions.rearm(conn)
-        if conn.identity.is_expired() or not await gateway.is_allowed(
-            conn.identity, "connect", conn.namespace
-        ):
-            await disconnect_socket(gateway, conn.sid)
-            revoked[conn.sid] = sorted(conn.rooms)
-            continue
-        left = await namespace.reauthorize(conn)
+        left = await _reauthorize_socket(gateway, conn, "reauthorized")
         if left:
             revoked[conn.sid] = left
     return revoked
 
 
+async def _reauthorize_socket(gateway: Gateway, conn: Connection, reason: str) -> list[str]:
+    """Check ``conn``'s identity again: disconnect it if it may no longer be in its
+    namespace, else leave the rooms it may no longer be in; returns the rooms lost."""
+    namespace = gateway.namespaces.get(conn.namespace)
+    if namespace is None:
+        return []
+    if conn.identity.is_expired() or not await gateway.is_allowed(
+        conn.identity, "connect", conn.namespace
+    ):
+        await disconnect_socket(gateway, conn.sid)
+        return sorted(conn.rooms)
+    return await namespace.reauthorize(conn, reason=reason)
+
+
+# -- refresh in place -------------------------------------------------------------
+
+
+def client_sockets(gateway: Gateway, conn: Connection) -> list[Connection]:
+    """Every socket of ``conn``'s client connection (one per namespace it joined)."""
+    if conn.eio_sid is None:
+        return [conn]
+    manager = gateway.server.manager
+    found = []
+    for path in gateway.namespaces:
+        sid = manager.sid_from_eio_sid(conn.eio_sid, path)
+        other = gateway.connection(sid) if sid is not None else None
+        if other is not None:
+            found.append(other)
+    return found or [conn]
+
+
+async def refresh(gateway: Gateway, conn: Connection, token: str) -> dict[str, Any]:
+    """``auth:refresh``: authenticate ``token`` as a handshake whose ``auth`` is
+    ``{token}`` and give every socket of ``conn``'s client connection the new
+    identity (rooms re-authorized, timers restarted). A failed credential raises
+    :class:`AuthenticationFailed` and changes nothing; another user's raises
+    :class:`PermissionDenied` and the client connection is ended once it has the
+    answer. Returns the acknowledgement's fields."""
+    handshake = attrs.evolve(conn.handshake, auth={"token": token})
+    identity = await gateway.authenticate(handshake)
+    sockets = client_sockets(gateway, conn)
+    if identity.user_id != conn.identity.user_id:
+        # The drain task ends them after this event's answer is on its way: it runs
+        # only once the task answering the event gives the loop a turn.
+        for other in sockets:
+            gateway._sessions.end(other, "forbidden", tell=False)
+        raise await gateway.refuse(
+            conn.identity, "refresh", conn.namespace, "another user's credential"
+        )
+    for other in sockets:
+        other.identity = identity
+        gateway._sessions.arm(other)
+        await _reauthorize_socket(gateway, other, "refreshed")
+    gateway.metrics.sessions_refreshed += 1
+    log(
+        logging.INFO, "session_refreshed", sid=conn.sid, user=identity.user_id, sockets=len(sockets)
+    )
+    await gateway.audit(identity, "session", conn.namespace, allowed=True, reason="refreshed")
+    expires = identity.expires_at
+    return {"expiresAt": None if expires is None else round(expires.timestamp() * 1000)}
+
+
+# -- revocation -----------------------------------------------------------------
+
+
+def _credential_life(gateway: Gateway, identities: list[Identity]) -> float:
+    """How long a revocation must last: the longest any credential it covers could
+    still be presented."""
+    authenticator = gateway.authenticator
+    if isinstance(authenticator, SignedTokenAuthenticator):
+        life = authenticator.max_age
+    else:
+        life = gateway.config.revocation_ttl
+    now = time.time()
+    for identity in identities:
+        if identity.expires_at is not None:
+            life = max(life, identity.expires_at.timestamp() - now)
+    return math.ceil(life)
+
+
+async def revoke_session(gateway: Gateway, session_id: str) -> int:
+    """Revoke ``session_id`` in the store, here and on every other process."""
+    infos = [
+        info
+        for info in await gateway.registry.connections()
+        if info.identity.session_id == session_id
+    ]
+    ttl = _credential_life(gateway, [info.identity for info in infos])
+    message = {"op": "revoke", "session": session_digest(session_id), "ttl": ttl}
+    store = partial(gateway.revocations.revoke_session, session_id, ttl=ttl)
+    await _revoke(gateway, message, store)
+    log(logging.INFO, "session_revoked", sockets=len(infos))
+    return len(infos)
+
+
+async def revoke_user(gateway: Gateway, user_id: str) -> int:
+    """Revoke ``user_id``'s credentials issued until now, here and everywhere."""
+    infos = await gateway.registry.user_sockets(user_id)
+    before = time.time()
+    ttl = _credential_life(gateway, [info.identity for info in infos])
+    message = {"op": "revoke", "user": user_id, "before": before, "ttl": ttl}
+    store = partial(gateway.revocations.revoke_user, user_id, before=before, ttl=ttl)
+    await _revoke(gateway, message, store)
+    log(logging.INFO, "user_revoked", user=user_id, sockets=len(infos))
+    return len(infos)
+
+
+async def _revoke(
+    gateway: Gateway, message: dict[str, Any], store: Callable[[], Awaitable[None]]
+) -> None:
+    """Revoke here at once, then in the store and on the other processes."""
+    _revoke_here(gateway, message)
+    if gateway._cluster is not None:
+        await gateway._cluster.publish_control(message)
+    try:
+        await store()
+    except Exception as exc:
+        log(logging.ERROR, "revocation_not_stored", error=type(exc).__name__)
+        raise GatewayNotRunning(
+            "The revocation store is unreachable: sockets were ended, but the "
+            "credentials are not refused everywhere; try again"
+        ) from None
+
+
+def _revoke_here(gateway: Gateway, message: dict[str, Any]) -> None:
+    """Remember a revocation in this process and end the sockets it covers here."""
+    ttl = message.get("ttl")
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
+        return
+    revoked = gateway._revoked_here
+    covers: Callable[[Identity], bool]
+    session, user, before = message.get("session"), message.get("user"), message.get("before")
+    if isinstance(session, str):
+        revoked.revoke_digest_now(session, ttl=ttl)
+
+        def covers(identity: Identity) -> bool:
+            own = identity.session_id
+            return own is not None and session_digest(own) == session
+
+    elif isinstance(user, str) and isinstance(before, int | float) and not isinstance(before, bool):
+        revoked.revoke_user_now(user, before=before, ttl=ttl)
+
+        def covers(identity: Identity) -> bool:
+            return identity.user_id == user and revoked.revoked_now(identity)
+
+    else:
+        return
+    for conn in list(gateway.connections.values()):
+        if covers(conn.identity):
+            gateway._sessions.end(conn, "revoked")
+
+
 async def on_control(gateway: Gateway, message: dict[str, Any]) -> None:
     """Run a control message another process published."""
-    if message.get("op") == "reauthorize" and isinstance(message.get("userId"), str):
+    op = message.get("op")
+    if op == "reauthorize" and isinstance(message.get("userId"), str):
         identity = message.get("identity")
         await _reauthorize_here(
             gateway, message["userId"], None if identity is None else identity_from_json(identity)
         )
+    elif op == "revoke":
+        _revoke_here(gateway, message)
 
 
 async def announce_swept(

@@ -64,13 +64,15 @@ class AuthFailureReason:
     """The credential verified but is older than allowed."""
     REJECTED = "rejected"
     """An application lookup did not recognise the credential."""
+    REVOKED = "revoked"
+    """The credential verified but its session or user was revoked."""
     ORIGIN = "origin"
     """A cookie-carrying handshake came from an origin that is not allowed."""
     ERROR = "error"
     """The authenticator itself failed unexpectedly."""
 
     ALL: ClassVar[frozenset[str]] = frozenset(
-        {MISSING, MALFORMED, BAD_SIGNATURE, EXPIRED, REJECTED, ORIGIN, ERROR}
+        {MISSING, MALFORMED, BAD_SIGNATURE, EXPIRED, REJECTED, REVOKED, ORIGIN, ERROR}
     )
 
 
@@ -80,6 +82,7 @@ _REASON_MESSAGES = {
     AuthFailureReason.BAD_SIGNATURE: "Authentication failed: invalid credentials",
     AuthFailureReason.EXPIRED: "Authentication failed: credentials expired",
     AuthFailureReason.REJECTED: "Authentication failed: credentials not recognised",
+    AuthFailureReason.REVOKED: "Authentication failed: session revoked",
     AuthFailureReason.ORIGIN: "Authentication failed: origin not allowed",
     AuthFailureReason.ERROR: "Authentication failed: authentication unavailable",
 }

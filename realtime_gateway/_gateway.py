@@ -40,6 +40,7 @@ from ._mount import run_aiohttp as serve_aiohttp
 from ._namespace import GatewayNamespace, UpdatePublisher, role_room, user_room
 from ._notification import make_notification
 from ._registry import ConnectionInfo, MemoryRegistry, Registry
+from ._revocation import MemoryRevocationStore, RedisRevocationStore, RevocationStore
 from ._server import OriginPolicy, build_server
 from ._sessions import SessionTimers
 from ._shutdown import Lifecycle, drain
@@ -57,6 +58,7 @@ _LIBRARY_REASONS = frozenset(
         "a socket's own room",
         "the gateway's own rooms cannot be left",
         "join the conversation first",
+        "another user's credential",
     }
 )
 
@@ -73,7 +75,10 @@ class Gateway:
     authorized (action ``connect``, target the namespace) by ``authorizer``.
     Mount with :meth:`attach` (aiohttp) or :meth:`asgi_app` (Starlette, FastAPI,
     any ASGI app). ``registry`` records the live sockets (a
-    :class:`MemoryRegistry` by default, the cluster's with ``redis_url``).
+    :class:`MemoryRegistry` by default, the cluster's with ``redis_url``);
+    ``revocations`` remembers revoked sessions and users (a
+    :class:`MemoryRevocationStore` by default, a :class:`RedisRevocationStore` with
+    ``redis_url``).
 
     The gateway composes namespaces, admits sockets (authenticate, authorize,
     audit) and publishes; it wires the rest, each in a module of its own:
@@ -81,7 +86,8 @@ class Gateway:
     ``_engine`` (the engine.io layer: session binding, strict frames, limits),
     ``_protocol`` (what socket.io packets are accepted), ``_live`` (this process's
     connection table), ``_mount`` (aiohttp and ASGI wiring), ``_shutdown``
-    (draining), ``_sessions`` (credential expiry timers), ``_cluster``
+    (draining), ``_sessions`` (expiry and idle timers), ``_revocation`` (revoked
+    sessions and users), ``_cluster``
     (membership over Redis) and ``_control`` (disconnects and reauthorization
     across the cluster).
 
@@ -100,8 +106,9 @@ class Gateway:
         namespaces: Iterable[GatewayNamespace] = (),
         registry: Registry | None = None,
         audit: AuditSink | None = None,
+        revocations: RevocationStore | None = None,
     ) -> None:
-        _check_plug_ins(authenticator, authorizer, registry, audit)
+        _check_plug_ins(authenticator, authorizer, registry, audit, revocations)
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.config = config or GatewayConfig()
@@ -121,6 +128,15 @@ class Gateway:
             registry
             or (self._cluster.registry if self._cluster is not None else None)
             or MemoryRegistry(reconnect_window=self.config.reconnect_window)
+        )
+        # What this process has revoked or heard revoked: checked, without I/O, once
+        # a socket is in the connection table, so that no revocation slips between
+        # a handshake's store lookup and the socket being there to be ended.
+        self._revoked_here = MemoryRevocationStore()
+        self.revocations: RevocationStore = revocations or (
+            RedisRevocationStore(self._cluster.registry.redis, prefix=self.config.redis_prefix)
+            if self._cluster is not None
+            else self._revoked_here
         )
         self._audit = audit
         self._lifecycle = Lifecycle()
@@ -223,18 +239,34 @@ class Gateway:
 
     async def authenticate(self, handshake: Handshake) -> Identity:
         """Authenticate ``handshake`` (a socket or an HTTP caller) or raise
-        :class:`AuthenticationFailed`; failures are counted and logged by reason."""
+        :class:`AuthenticationFailed`; failures are counted and logged by reason. A
+        credential whose session or user was revoked is refused (``revoked``)."""
         try:
             try:
-                return await self.authenticator.authenticate(handshake)
+                identity = await self.authenticator.authenticate(handshake)
             except AuthenticationFailed:
                 raise
             except Exception as exc:
                 log(logging.ERROR, "authenticator_failed", error=type(exc).__name__)
                 raise AuthenticationFailed(AuthFailureReason.ERROR) from None
+            if await self._is_revoked(identity):
+                raise AuthenticationFailed(AuthFailureReason.REVOKED)
+            return identity
         except AuthenticationFailed as exc:
             self._refused(handshake, exc)
             raise
+
+    async def _is_revoked(self, identity: Identity) -> bool:
+        if self._revoked_here.revoked_now(identity):
+            return True
+        if self.revocations is self._revoked_here:
+            return False
+        try:
+            return await self.revocations.is_revoked(identity)
+        except Exception as exc:
+            # Refuse rather than let a revoked credential in while the store cannot say.
+            log(logging.ERROR, "revocation_check_failed", error=type(exc).__name__)
+            raise AuthenticationFailed(AuthFailureReason.ERROR) from None
 
     def _refused(self, handshake: Handshake, refusal: AuthenticationFailed) -> None:
         _count_refusal(self.metrics, handshake, refusal)
@@ -331,8 +363,22 @@ class Gateway:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code}
             ) from None
-        conn = Connection(sid=sid, namespace=namespace, identity=identity, handshake=handshake)
+        conn = Connection(
+            sid=sid,
+            namespace=namespace,
+            identity=identity,
+            handshake=handshake,
+            eio_sid=self.server.manager.eio_sid_from_sid(sid, namespace),
+        )
         await self._live.add(conn, started=started)
+        if self._revoked_here.revoked_now(identity):
+            # Revoked while it was being admitted, before the revocation could see it.
+            await self._live.remove(sid, reason="revoked", departed=False)
+            refusal = AuthenticationFailed(AuthFailureReason.REVOKED)
+            self._refused(handshake, refusal)
+            raise socketio.exceptions.ConnectionRefusedError(
+                refusal.message, {"code": refusal.code, "reason": refusal.reason}
+            )
         return conn
 
     def _admitted(self, conn: Connection) -> None:
@@ -340,14 +386,17 @@ class Gateway:
         self._live.admitted(conn)
 
     def _ready(self, conn: Connection) -> None:
-        """The client knows ``conn`` is connected: arm its session timers."""
+        """The client knows ``conn`` is connected: arm its session and idle timers."""
         self._sessions.arm(conn)
+        self._sessions.watch(conn)
 
     async def _forget(
         self, sid: str, *, reason: str, departed: bool = True
     ) -> tuple[Connection, frozenset[str]] | None:
         """Drop ``sid`` (see :meth:`LiveConnections.remove`) and its session timers."""
-        self._sessions.cancel(sid)
+        conn = self._live.get(sid)
+        if conn is not None:
+            self._sessions.forget(conn)
         return await self._live.remove(sid, reason=reason, departed=departed)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -532,6 +581,25 @@ class Gateway:
             raise ValueError("identity is of another user")
         return await control.reauthorize(self, user_id, identity)
 
+    async def _refresh(self, conn: Connection, token: str) -> dict[str, Any]:
+        """A client's ``auth:refresh`` (see :func:`control.refresh`)."""
+        return await control.refresh(self, conn, token)
+
+    async def revoke_session(self, session_id: str) -> int:
+        """Revoke the session ``session_id`` everywhere in the cluster: its live
+        sockets get ``auth:revoked`` ``{reason: "revoked"}`` and are disconnected, and
+        the handshake refuses its credentials (reason ``revoked``) for as long as
+        they could otherwise live. Returns how many sockets it had."""
+        _require_text(session_id, "sessionId")
+        return await control.revoke_session(self, session_id)
+
+    async def revoke_user(self, user_id: str) -> int:
+        """Revoke every credential of ``user_id`` issued until now, as
+        :meth:`revoke_session` does a session's (credentials issued afterwards,
+        at the next login, are accepted). Returns how many sockets the user had."""
+        _require_text(user_id, "userId")
+        return await control.revoke_user(self, user_id)
+
 
 def _count_refusal(metrics: Metrics, handshake: Handshake, refusal: AuthenticationFailed) -> None:
     metrics.auth_failures[refusal.reason] += 1
@@ -560,7 +628,7 @@ def _count_denial(
 
 
 def _check_plug_ins(
-    authenticator: object, authorizer: object, registry: object, audit: object
+    authenticator: object, authorizer: object, registry: object, audit: object, revocations: object
 ) -> None:
     if not isinstance(authenticator, Authenticator):
         raise ConfigurationError("authenticator", "must have an async authenticate()")
@@ -570,6 +638,8 @@ def _check_plug_ins(
         raise ConfigurationError("registry", "must implement the Registry protocol")
     if audit is not None and not callable(audit):
         raise ConfigurationError("audit", "must be callable with an AuditRecord")
+    if revocations is not None and not isinstance(revocations, RevocationStore):
+        raise ConfigurationError("revocations", "must implement the RevocationStore protocol")
 
 
 def _require_text(value: object, field: str) -> None:

@@ -50,8 +50,10 @@ class Identity:
     """An authenticated caller.
 
     ``user_id`` is the only required field. ``roles`` and ``permissions`` feed the
-    authorizer; ``session_id`` ties the identity to an application session;
-    ``expires_at`` (timezone-aware) is when the credential stops being valid;
+    authorizer; ``session_id`` ties the identity to an application session (what
+    :meth:`Gateway.revoke_session` revokes); ``issued_at`` and ``expires_at``
+    (timezone-aware) are when the credential was issued (what
+    :meth:`Gateway.revoke_user` compares with) and when it stops being valid;
     ``attributes`` carries anything else the application needs (tenant, care team).
     ``display_name`` is shown to other users (chat) and is never logged.
     """
@@ -69,6 +71,7 @@ class Identity:
     display_name: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
     )
+    issued_at: dt.datetime | None = attrs.field(default=None, validator=_aware_datetime)
     expires_at: dt.datetime | None = attrs.field(default=None, validator=_aware_datetime)
     attributes: Mapping[str, Any] = attrs.field(
         factory=dict, converter=_frozen_mapping, eq=False, hash=False

@@ -18,6 +18,7 @@ class Metrics:
         self.audit_failures = 0
         self.cluster_messages_dropped = 0
         self.session_binding_refused = 0
+        self.sessions_refreshed = 0
         self.emits: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.access_denied: Counter[str] = Counter()
@@ -34,6 +35,7 @@ class Metrics:
             "audit_failures": self.audit_failures,
             "cluster_messages_dropped": self.cluster_messages_dropped,
             "session_binding_refused": self.session_binding_refused,
+            "sessions_refreshed": self.sessions_refreshed,
             "emits": dict(self.emits),
             "auth_failures": dict(self.auth_failures),
             "access_denied": dict(self.access_denied),

@@ -23,6 +23,7 @@ import socketio
 from ._clock import iso_timestamp
 from ._connection import Connection
 from ._exceptions import (
+    AuthenticationFailed,
     GatewayError,
     GatewayNotRunning,
     InvalidPayload,
@@ -51,8 +52,14 @@ Handler = Callable[..., Awaitable[Mapping[str, Any] | None]]
 H = TypeVar("H", bound=Handler)
 
 _EVENT_SPEC = "__rtg_event__"
-# Names socket.io reserves for its own use.
-_RESERVED = frozenset({"connect", "disconnect", "connect_error"})
+# Names socket.io reserves for its own use, and the session events every namespace
+# of the gateway answers itself.
+_RESERVED = frozenset(
+    {"connect", "disconnect", "connect_error", "auth:refresh", "session:activity"}
+)
+# Events that are no sign of a person at the keyboard: a client's keep-alive and
+# its automatic credential refresh do not hold off automatic logoff.
+_NOT_ACTIVITY = frozenset({"ping", "auth:refresh"})
 
 
 @attrs.frozen
@@ -101,7 +108,18 @@ def failure(error: GatewayError) -> Ack:
     ack: Ack = {"success": False, "error": error.message, "code": error.code}
     if isinstance(error, InvalidPayload) and error.field is not None:
         ack["field"] = error.field
+    if isinstance(error, AuthenticationFailed):
+        ack["reason"] = error.reason
     return ack
+
+
+def _refresh_token(payload: object) -> str:
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("token"), str):
+        raise InvalidPayload("auth:refresh takes {token}", field="token")
+    token: str = payload["token"]
+    if not token:
+        raise InvalidPayload("token must be a non-empty string", field="token")
+    return token
 
 
 @runtime_checkable
@@ -150,6 +168,14 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._handlers: dict[str, tuple[Handler, _EventSpec]] = {
             name: (getattr(self, attr), spec) for name, (attr, spec) in self._events.items()
         }
+        self._handlers["auth:refresh"] = (
+            self._refresh_session,
+            _EventSpec("auth:refresh", _refresh_token, None),
+        )
+        self._handlers["session:activity"] = (
+            self._session_activity,
+            _EventSpec("session:activity", None, None),
+        )
 
     @property
     def gateway(self) -> Gateway:
@@ -241,10 +267,11 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             await self._announce(conn, room, joined=False)
         return gone
 
-    async def reauthorize(self, conn: Connection) -> list[str]:
+    async def reauthorize(self, conn: Connection, *, reason: str = "reauthorized") -> list[str]:
         """Re-check every room ``conn`` is in against its (possibly new) identity:
         leave the rooms no longer allowed, telling the client ``access:revoked``
-        ``{room}``, and join role rooms for roles newly held. Returns the rooms left."""
+        ``{room, reason}``, and join role rooms for roles newly held. Returns the
+        rooms left."""
         identity = conn.identity
         revoked: list[str] = []
         for room, action in list(conn.rooms.items()):
@@ -256,7 +283,10 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 await self._remove_from(conn, room)
                 revoked.append(room)
                 await self.gateway.server.emit(
-                    "access:revoked", {"room": room}, to=conn.sid, namespace=self.namespace
+                    "access:revoked",
+                    {"room": room, "reason": reason},
+                    to=conn.sid,
+                    namespace=self.namespace,
                 )
         await self._join_own_rooms(conn)
         return revoked
@@ -398,6 +428,8 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 raise InvalidPayload("An event is a list whose first item is its name")
             handler, spec = self._lookup(event_name)
             conn.touch()
+            if event_name not in _NOT_ACTIVITY:
+                self.gateway._sessions.touch(conn.eio_sid)
             payload = args[0] if len(args) == 1 else (list(args) if args else None)
             limit = spec.max_size if spec.max_size is not None else config.max_event_size
             if encoded_size(payload) > limit:
@@ -417,6 +449,13 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 event=event_name if event_name in self._handlers else None,
             )
             return failure(GatewayError("Internal error"))
+
+    async def _refresh_session(self, conn: Connection, token: str) -> Ack:
+        """``auth:refresh`` ``{token}``: a new credential for the whole client connection."""
+        return await self.gateway._refresh(conn, token)
+
+    async def _session_activity(self, conn: Connection, value: None) -> None:
+        """``session:activity``: the person is still there (holds off automatic logoff)."""
 
     def _lookup(self, event_name: str) -> tuple[Handler, _EventSpec]:
         # Only declared handlers: never a hook or any other attribute by name.

@@ -37,6 +37,12 @@ _COUNTERS = (
         "reason",
     ),
     ("sessions_ended", "rtg_sessions_ended", "Sessions the gateway ended.", "reason"),
+    (
+        "sessions_refreshed",
+        "rtg_sessions_refreshed",
+        "Credentials replaced in place by auth:refresh.",
+        None,
+    ),
 )
 _GAUGES = (
     ("connections_active", "rtg_connections_active", "Connected sockets."),

@@ -1,11 +1,17 @@
-"""Session timers: a socket's credential ends the socket when it expires.
+"""Session timers: a socket's credential ends the socket when it expires, and an
+idle client connection is logged off.
 
 :class:`SessionTimers` keeps, for every ready socket whose identity has
 ``expires_at``, two ``loop.call_at`` handles (no task per socket): one warns the
 client ``auth:expiring`` ``refresh_ahead`` seconds before expiry, one ends the
-socket at ``expires_at + expiry_grace``. The callbacks only queue work; one drain
-task emits and disconnects in batches and yields to the loop between them, so
-thousands of sockets expiring in the same second do not stall it.
+socket at ``expires_at + expiry_grace``. With ``idle_timeout`` set, each client
+connection (engine.io connection) has one more handle and the time of its last
+event; recording activity only writes that time, and the handle, when it fires,
+either moves itself to the new deadline or logs the connection off.
+
+The callbacks only queue work; one drain task emits and disconnects in batches
+and yields to the loop between them, so thousands of sockets expiring in the
+same second do not stall it.
 
 :meth:`SessionTimers.arm` (re)arms a socket from its current identity, so
 whatever replaces a socket's identity re-arms it; :meth:`SessionTimers.end`
@@ -41,18 +47,37 @@ _END_TIMEOUT = 5.0
 
 @attrs.define(eq=False)
 class _Entry:
-    """One socket's timers, made from the identity it was armed with."""
+    """One socket's timers, made from the identity it was armed with; ``ending`` is
+    set once the socket is being ended, for that reason."""
 
     conn: Connection
     expires_at: float  # Unix time
     warning: asyncio.TimerHandle | None = None
     ending: asyncio.TimerHandle | None = None
     warned: bool = False
+    ended_for: str | None = None
+    tell: bool = True  # whether the client hears auth:{reason} before the disconnect
 
     def cancel(self) -> None:
         for handle in (self.warning, self.ending):
             if handle is not None:
                 handle.cancel()
+
+
+@attrs.define(eq=False)
+class _Idle:
+    """One client connection's idle timer: the loop time of its last activity and
+    the sockets it has open."""
+
+    eio_sid: str
+    last: float
+    sockets: set[str] = attrs.field(factory=set)
+    handle: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
 
 
 class SessionTimers:
@@ -61,7 +86,8 @@ class SessionTimers:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._entries: dict[str, _Entry] = {}
-        self._queue: deque[tuple[_Entry, str]] = deque()
+        self._idle: dict[str, _Idle] = {}  # by engine.io session id
+        self._queue: deque[tuple[_Entry | _Idle, str]] = deque()
         self._drain: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -92,24 +118,67 @@ class SessionTimers:
             self.arm(conn)
 
     def cancel(self, sid: str) -> None:
-        """Drop ``sid``'s timers (it left); work already queued for it is skipped."""
+        """Drop ``sid``'s expiry timers; work already queued for it is skipped."""
         entry = self._entries.pop(sid, None)
         if entry is not None:
             entry.cancel()
 
-    def end(self, conn: Connection, reason: str) -> None:
-        """End ``conn``'s session for ``reason``: ``auth:{reason}`` ``{reason}``, then
-        a server disconnect, soon (by the drain task)."""
+    def forget(self, conn: Connection) -> None:
+        """``conn`` left: drop its timers, and its connection's idle timer with the
+        connection's last socket."""
         self.cancel(conn.sid)
-        entry = _Entry(conn, 0.0, warned=True)
+        idle = self._idle.get(conn.eio_sid) if conn.eio_sid is not None else None
+        if idle is not None:
+            idle.sockets.discard(conn.sid)
+            if not idle.sockets:
+                del self._idle[idle.eio_sid]
+                idle.cancel()
+
+    def end(self, conn: Connection, reason: str, *, tell: bool = True) -> None:
+        """End ``conn``'s session for ``reason``: ``auth:{reason}`` ``{reason}`` (unless
+        ``tell`` is false), then a server disconnect, soon (by the drain task). A
+        socket already being ended keeps its first reason."""
+        current = self._entries.get(conn.sid)
+        if current is not None and current.ended_for is not None:
+            return
+        self.cancel(conn.sid)
+        entry = _Entry(conn, 0.0, warned=True, ended_for=reason, tell=tell)
         self._entries[conn.sid] = entry
         self._push(entry, reason)
+
+    def watch(self, conn: Connection) -> None:
+        """Log ``conn``'s client connection off after ``idle_timeout`` without
+        activity (nothing without the setting)."""
+        timeout = self._gateway.config.idle_timeout
+        if timeout is None or conn.eio_sid is None:
+            return
+        idle = self._idle.get(conn.eio_sid)
+        if idle is None:
+            loop = asyncio.get_running_loop()
+            idle = _Idle(conn.eio_sid, loop.time())
+            idle.handle = loop.call_at(idle.last + timeout, self._idle_due, idle)
+            self._idle[conn.eio_sid] = idle
+        idle.sockets.add(conn.sid)
+
+    def touch(self, eio_sid: str | None) -> None:
+        """The client connection ``eio_sid`` sent an event that counts as activity."""
+        idle = self._idle.get(eio_sid) if eio_sid is not None else None
+        if idle is not None:
+            idle.last = asyncio.get_running_loop().time()
+
+    def idle_for(self, eio_sid: str) -> float | None:
+        """Seconds since the client connection's last activity (``None`` unwatched)."""
+        idle = self._idle.get(eio_sid)
+        return None if idle is None else asyncio.get_running_loop().time() - idle.last
 
     async def close(self) -> None:
         """Cancel every timer and the drain task (the gateway stopped)."""
         for entry in self._entries.values():
             entry.cancel()
         self._entries.clear()
+        for idle in self._idle.values():
+            idle.cancel()
+        self._idle.clear()
         self._queue.clear()
         if self._drain is not None:
             self._drain.cancel()
@@ -131,7 +200,20 @@ class SessionTimers:
         self._warn(entry)
         self._push(entry, "expired")
 
-    def _push(self, entry: _Entry, what: str) -> None:
+    def _idle_due(self, idle: _Idle) -> None:
+        idle.handle = None
+        if self._idle.get(idle.eio_sid) is not idle:
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self._gateway.config.idle_timeout
+        assert timeout is not None
+        due = idle.last + timeout
+        if loop.time() < due:  # there was activity since: wait for the new deadline
+            idle.handle = loop.call_at(due, self._idle_due, idle)
+        else:
+            self._push(idle, "idle")
+
+    def _push(self, entry: _Entry | _Idle, what: str) -> None:
         self._queue.append((entry, what))
         if self._drain is None or self._drain.done():
             self._drain = asyncio.get_running_loop().create_task(self._run())
@@ -142,9 +224,13 @@ class SessionTimers:
         while self._queue:
             for _ in range(min(_BATCH, len(self._queue))):
                 entry, what = self._queue.popleft()
-                if self._entries.get(entry.conn.sid) is not entry:
-                    continue  # the socket left or was re-armed since
                 try:
+                    if isinstance(entry, _Idle):
+                        if self._idle.get(entry.eio_sid) is entry:
+                            await self._log_off(entry)
+                        continue
+                    if self._entries.get(entry.conn.sid) is not entry:
+                        continue  # the socket left or was re-armed since
                     if what == "expiring":
                         await self._send_warning(entry)
                     else:
@@ -163,6 +249,15 @@ class SessionTimers:
             namespace=conn.namespace,
         )
 
+    async def _log_off(self, idle: _Idle) -> None:
+        """End every socket of an idle client connection and revoke their sessions."""
+        gateway = self._gateway
+        conns = [conn for sid in sorted(idle.sockets) if (conn := gateway.connection(sid))]
+        for conn in conns:
+            self.end(conn, "idle")
+        for session_id in sorted({c.identity.session_id for c in conns if c.identity.session_id}):
+            await gateway.revoke_session(session_id)
+
     async def _end(self, entry: _Entry, reason: str) -> None:
         gateway = self._gateway
         conn = entry.conn
@@ -179,9 +274,10 @@ class SessionTimers:
         server = gateway.server
         try:
             async with asyncio.timeout(_END_TIMEOUT):
-                await server.emit(
-                    f"auth:{reason}", {"reason": reason}, to=conn.sid, namespace=conn.namespace
-                )
+                if entry.tell:
+                    await server.emit(
+                        f"auth:{reason}", {"reason": reason}, to=conn.sid, namespace=conn.namespace
+                    )
                 await server.disconnect(conn.sid, namespace=conn.namespace)
         finally:
             namespace = gateway._namespaces.get(conn.namespace)

@@ -562,7 +562,10 @@ async def test_reauthorization_removes_a_user_who_lost_the_role(
         # Without the role she also leaves the gateway's role:nurse room.
         assert revoked == {nurse.get_sid(CHAT): ["role:nurse", "conversation:c1"]}
         notices = await nurse_inbox.wait("access:revoked", CHAT, count=2)
-        assert notices == [{"room": "role:nurse"}, {"room": "conversation:c1"}]
+        assert notices == [
+            {"room": "role:nurse", "reason": "reauthorized"},
+            {"room": "conversation:c1", "reason": "reauthorized"},
+        ]
         (left,) = await doctor_inbox.wait("user:left", CHAT)
         assert without_timestamp(left) == who(USERS["nurse"])
         assert await gateway.presence("conversation:c1", namespace=CHAT) == {"u-doctor"}

@@ -126,7 +126,16 @@ def test_authentication_failed_reasons_have_safe_messages(reason: str) -> None:
 
 
 def test_authentication_reason_categories() -> None:
-    expected = {"missing", "malformed", "bad_signature", "expired", "rejected", "origin", "error"}
+    expected = {
+        "missing",
+        "malformed",
+        "bad_signature",
+        "expired",
+        "rejected",
+        "revoked",
+        "origin",
+        "error",
+    }
     assert expected == AuthFailureReason.ALL
 
 

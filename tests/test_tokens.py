@@ -191,7 +191,9 @@ def test_identity_round_trip(authenticator: SignedTokenAuthenticator) -> None:
         attributes={"ward": "3B", "teams": ["a", "b"], "level": 2},
     )
     identity = authenticator.verify(authenticator.issue(original))
-    assert identity == attrs.evolve(original, expires_at=identity.expires_at)
+    assert identity == attrs.evolve(
+        original, issued_at=identity.issued_at, expires_at=identity.expires_at
+    )
     assert identity.roles == {"nurse", "admin"}
     assert identity.permissions == {"view:patient", "edit:patient"}
     assert identity.session_id == "sess-1"
@@ -204,9 +206,35 @@ def test_minimal_identity_round_trip(authenticator: SignedTokenAuthenticator) ->
     assert identity.user_id == "u1"
     assert identity.roles == frozenset()
     assert identity.permissions == frozenset()
-    assert identity.session_id is None
     assert identity.display_name is None
     assert dict(identity.attributes) == {}
+
+
+def test_tokens_carry_a_random_session_id_and_their_issue_time(
+    authenticator: SignedTokenAuthenticator,
+) -> None:
+    before = dt.datetime.now(dt.UTC)
+    first = authenticator.verify(authenticator.issue(Identity(user_id="u1")))
+    second = authenticator.verify(authenticator.issue(Identity(user_id="u1")))
+    after = dt.datetime.now(dt.UTC)
+    assert first.session_id and second.session_id
+    assert first.session_id != second.session_id
+    assert len(first.session_id) >= 20  # 16 random bytes, base64url
+    assert first.issued_at is not None
+    # Milliseconds, not the signature's whole seconds.
+    assert before - dt.timedelta(milliseconds=1) <= first.issued_at <= after
+    kept = authenticator.verify(authenticator.issue(Identity(user_id="u1", session_id="s-9")))
+    assert kept.session_id == "s-9"
+
+
+@pytest.mark.parametrize("iat", [-1, 1.5, "1", True, 10**30])
+def test_a_bad_issue_time_is_malformed(
+    authenticator: SignedTokenAuthenticator, iat: object
+) -> None:
+    token = authenticator._serializer.dumps({"sub": "u1", "iat": iat})
+    with pytest.raises(AuthenticationFailed) as caught:
+        authenticator.verify(token)
+    assert caught.value.reason == "malformed"
 
 
 def test_expiry_is_signing_time_plus_max_age(authenticator: SignedTokenAuthenticator) -> None:
@@ -529,7 +557,10 @@ def test_every_issued_token_verifies(authenticator: SignedTokenAuthenticator) ->
             identity.roles,
             identity.permissions,
         )
-        assert (verified.session_id, verified.name) == (identity.session_id, identity.name)
+        assert verified.name == identity.name
+        assert verified.session_id == identity.session_id or (
+            identity.session_id is None and verified.session_id
+        )
         assert verified.attributes == identity.attributes
         payload = token.removeprefix(".").split(".")[0]
         shapes.add((token.startswith("."), len(payload) % 4))

@@ -179,13 +179,14 @@ def _credential_life(gateway: Gateway, identities: list[Identity]) -> float:
     return math.ceil(life)
 
 
-async def revoke_session(gateway: Gateway, session_id: str) -> int:
-    """Revoke ``session_id`` in the store, here and on every other process."""
-    infos = [
-        info
-        for info in await gateway.registry.connections()
-        if info.identity.session_id == session_id
-    ]
+async def revoke_session(gateway: Gateway, session_id: str, user_id: str | None = None) -> int:
+    """Revoke ``session_id`` in the store, here and on every other process; with
+    ``user_id``, only that user's sockets are looked up to count them."""
+    registry = gateway.registry
+    candidates = (
+        await registry.connections() if user_id is None else await registry.user_sockets(user_id)
+    )
+    infos = [info for info in candidates if info.identity.session_id == session_id]
     ttl = _credential_life(gateway, [info.identity for info in infos])
     message = {"op": "revoke", "session": session_digest(session_id), "ttl": ttl}
     store = partial(gateway.revocations.revoke_session, session_id, ttl=ttl)

@@ -585,13 +585,17 @@ class Gateway:
         """A client's ``auth:refresh`` (see :func:`control.refresh`)."""
         return await control.refresh(self, conn, token)
 
-    async def revoke_session(self, session_id: str) -> int:
+    async def revoke_session(self, session_id: str, *, user_id: str | None = None) -> int:
         """Revoke the session ``session_id`` everywhere in the cluster: its live
         sockets get ``auth:revoked`` ``{reason: "revoked"}`` and are disconnected, and
         the handshake refuses its credentials (reason ``revoked``) for as long as
-        they could otherwise live. Returns how many sockets it had."""
+        they could otherwise live. Returns how many sockets it had. Pass the
+        session's ``user_id`` when you know it (a logout does): only that user's
+        sockets are then looked up to count them, not every socket of the cluster."""
         _require_text(session_id, "sessionId")
-        return await control.revoke_session(self, session_id)
+        if user_id is not None:
+            _require_text(user_id, "userId")
+        return await control.revoke_session(self, session_id, user_id)
 
     async def revoke_user(self, user_id: str) -> int:
         """Revoke every credential of ``user_id`` issued until now, as

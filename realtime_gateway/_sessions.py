@@ -255,8 +255,13 @@ class SessionTimers:
         conns = [conn for sid in sorted(idle.sockets) if (conn := gateway.connection(sid))]
         for conn in conns:
             self.end(conn, "idle")
-        for session_id in sorted({c.identity.session_id for c in conns if c.identity.session_id}):
-            await gateway.revoke_session(session_id)
+        sessions = {
+            c.identity.session_id: c.identity.user_id
+            for c in conns
+            if c.identity.session_id is not None
+        }
+        for session_id, user_id in sorted(sessions.items()):
+            await gateway.revoke_session(session_id, user_id=user_id)
 
     async def _end(self, entry: _Entry, reason: str) -> None:
         gateway = self._gateway

@@ -19,6 +19,7 @@ from realtime_gateway import (
     Gateway,
     GatewayNamespace,
     Identity,
+    InvalidPayload,
     MemoryRevocationStore,
     SignedTokenAuthenticator,
     default_namespaces,
@@ -286,6 +287,25 @@ async def test_revoke_session_ends_its_sockets_and_refuses_its_credential(
         assert gateway.metrics.auth_failures["revoked"] == 1
         assert session_records(records).count(("u-nurse", False, "revoked")) == 2
         assert await gateway.revoke_session("ward-tablet") == 0  # nothing left to end
+
+
+async def test_naming_the_user_narrows_the_count_not_the_revocation(clients: Clients) -> None:
+    authenticator = signed()
+    gateway = lifecycle_gateway(authenticator)
+    async with clients.serve(gateway, "aiohttp") as server:
+        token = authenticator.issue(attrs.evolve(USERS["nurse"], session_id="shared"))
+        _, inbox, departure = await watched(clients, server.url, token)
+        await connect_as(clients, server.url, authenticator.issue(USERS["doctor"]))
+
+        assert await gateway.revoke_session("shared", user_id="u-doctor") == 0
+
+        assert await inbox.wait("auth:revoked") == [{"reason": "revoked"}]
+        await departure.wait()
+        assert await gateway.is_user_connected("u-doctor")
+        with pytest.raises(InvalidPayload):
+            await gateway.revoke_session("shared", user_id="")
+        with pytest.raises(InvalidPayload):
+            await gateway.revoke_user("")
 
 
 async def test_revoke_user_refuses_earlier_credentials_only(

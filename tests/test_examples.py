@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -15,6 +16,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
+
+from realtime_gateway import SignedTokenAuthenticator
 
 from .conftest import Clients
 
@@ -221,6 +225,81 @@ async def test_leaving_a_care_team_revokes_a_live_subscription(
         async with session.delete(change, headers={"Authorization": f"Bearer {admin_token}"}) as r:
             assert r.status == 200
             assert (await r.json())["revokedRooms"] == 1
-    assert await asyncio.wait_for(revoked, 5) == {"room": "patient:p-1002"}
+    assert await asyncio.wait_for(revoked, 5) == {
+        "room": "patient:p-1002",
+        "reason": "reauthorized",
+    }
     again = await nurse.call("subscribe:patient", "p-1002", namespace="/updates", timeout=5)
     assert (again["success"], again["code"]) == (False, "forbidden")
+
+
+async def test_clinic_refresh_keeps_the_session_and_logout_revokes_it(
+    tmp_path: Path, clients: Clients
+) -> None:
+    signer = SignedTokenAuthenticator([KEY], salt="realtime_gateway.session", max_age=3600)
+    async with (
+        running("aiohttp_clinic", tmp_path / "aiohttp_clinic.log") as url,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser,
+    ):
+
+        def cookie() -> str:
+            return browser.cookie_jar.filter_cookies(URL(url))["rtg_session"].value
+
+        async with browser.post(url + "/login", data={"user": "u-nurse"}) as response:
+            assert response.status == 200  # followed to the dashboard
+        login_token = cookie()
+        session = signer.verify(login_token)
+        assert session.session_id
+        assert session.expires_at is not None
+        # The clinic's tokens live --token-ttl seconds (default 15 minutes).
+        assert 890 <= (session.expires_at - dt.datetime.now(dt.UTC)).total_seconds() <= 900
+
+        own = {"Origin": url}
+        async with browser.post(url + "/session/refresh", headers=own) as response:
+            assert response.status == 200
+            assert response.headers["Cache-Control"] == "no-store"
+            refreshed = (await response.json())["token"]
+        assert refreshed != login_token
+        assert cookie() == refreshed
+        assert signer.verify(refreshed).session_id == session.session_id
+        assert signer.verify(refreshed).user_id == "u-nurse"
+
+        # Another site's page cannot use the cookie, to refresh or to log out.
+        for path in ("/session/refresh", "/logout"):
+            foreign = {"Origin": "http://elsewhere.example"}
+            async with browser.post(url + path, headers=foreign, allow_redirects=False) as r:
+                assert r.status == 403
+                assert (await r.json())["code"] == "forbidden"
+
+        # A socket opened with the refreshed token, then the logout.
+        revoked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def on_revoked(data: Any) -> None:
+            revoked.set_result(data)
+
+        await clients.connect(url, auth={"token": refreshed}, handlers={"auth:revoked": on_revoked})
+        async with browser.post(url + "/logout", headers=own, allow_redirects=False) as response:
+            assert response.status == 303
+        assert await asyncio.wait_for(revoked, 5) == {"reason": "revoked"}
+        assert "rtg_session" not in browser.cookie_jar.filter_cookies(URL(url))
+
+        # Every token of the session is refused now: the socket handshake, the
+        # refresh endpoint and the dashboard.
+        for token in (login_token, refreshed):
+            refusal = await clients.refusal(url, headers={"Cookie": f"rtg_session={token}"})
+            assert refusal.data["data"]["reason"] == "revoked"
+            async with aiohttp.ClientSession() as stranger:
+                headers = {"Cookie": f"rtg_session={token}", **own}
+                async with stranger.post(url + "/session/refresh", headers=headers) as r:
+                    assert r.status == 401
+                async with stranger.get(
+                    url + "/dashboard", headers=headers, allow_redirects=False
+                ) as r:
+                    assert (r.status, r.headers["Location"]) == (303, "/")
+        async with browser.get(url + "/logout") as response:
+            assert response.status == 405  # logging out is a POST only
+
+        # The next login is a new session.
+        async with browser.post(url + "/login", data={"user": "u-nurse"}) as response:
+            assert response.status == 200
+        assert signer.verify(cookie()).session_id != session.session_id

@@ -3,10 +3,15 @@ realtime_gateway serving the four built-in namespaces under the reference rules,
 with the app's chat membership table (:data:`CONVERSATIONS`) plugged into them.
 
 Run with ``make demo`` or ``python examples/aiohttp_clinic/app.py [--host H]
-[--port P] [--update-interval SECONDS] [--print-demo-token] [--log-level LEVEL]`` and
-open the printed URL. Pick a demo user: the server signs a session token into the
-HttpOnly ``rtg_session`` cookie, which the dashboard's socket.io connections and its
-admin API calls carry (same origin; the page's JavaScript never sees the token). A
+[--port P] [--update-interval SECONDS] [--token-ttl SECONDS] [--refresh-ahead SECONDS]
+[--idle-timeout SECONDS] [--print-demo-token] [--log-level LEVEL]`` and open the
+printed URL. Pick a demo user: the server signs a short-lived session token (a new
+session id per login) into the HttpOnly ``rtg_session`` cookie, which the dashboard's
+socket.io connections and its admin API calls carry (same origin). Before the token
+expires the dashboard fetches a fresh one for the same session from
+``POST /session/refresh`` and hands it to the gateway with ``auth:refresh``; logging
+out revokes the session, so the old cookie opens nothing and the sockets it opened
+are closed; a dashboard left without input for ``--idle-timeout`` is signed out. A
 background task publishes simulated vitals for a few patients so the page moves on
 its own. Requests are logged without credentials (``Gateway.run_aiohttp``).
 
@@ -24,6 +29,7 @@ import contextlib
 import html
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -40,6 +46,8 @@ from realtime_gateway import (
     AdminAPI,
     AuthenticationFailed,
     Gateway,
+    GatewayConfig,
+    Handshake,
     Identity,
     SignedTokenAuthenticator,
     default_namespaces,
@@ -51,7 +59,9 @@ REPO_ROOT = HERE.parent.parent
 JS_CLIENT = REPO_ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 
 SALT = "realtime_gateway.session"  # the library's default token salt, as the CLI uses
-SESSION_TTL = 8 * 3600  # seconds
+TOKEN_TTL = 900.0  # seconds: the life of a session token (login cookie, refreshes)
+REFRESH_AHEAD = 60.0  # seconds before a token expires that the dashboard is warned
+IDLE_TIMEOUT = 900.0  # seconds without input before a dashboard is signed out
 PATIENT_IDS = ("p-1001", "p-1002", "p-1003")
 
 # Sent with every page: scripts, styles and connections from this origin only.
@@ -80,14 +90,15 @@ class DemoUser:
     role: str
     permissions: tuple[str, ...] = ()
 
-    def identity(self) -> Identity:
-        """The identity a session of this user carries, with a fresh session id."""
+    def identity(self, session_id: str | None = None) -> Identity:
+        """The identity a token of this user carries. Without ``session_id``,
+        :meth:`SignedTokenAuthenticator.issue` gives the token a new random one."""
         return Identity(
             user_id=self.user_id,
             roles={self.role},
             permissions=self.permissions,
             display_name=self.name,
-            session_id=secrets.token_urlsafe(12),
+            session_id=session_id,
         )
 
 
@@ -197,60 +208,134 @@ def login_buttons() -> Safe:
     return Safe("\n".join(rows))
 
 
+def same_origin(request: web.Request) -> bool:
+    """Whether a request that acts on the session cookie comes from this app's own
+    pages: browsers send ``Origin`` on every cross-site POST and fetch, and the
+    gateway, left at its default ``allowed_origins``, admits its own origin only; a
+    request without one is a non-browser client, which holds the cookie itself."""
+    origin = request.headers.get("Origin")
+    return origin is None or origin == f"{request.scheme}://{request.host}"
+
+
+def refusal(status: int, code: str, error: str) -> web.Response:
+    """A JSON failure envelope, as the gateway's own HTTP answers are shaped."""
+    return web.json_response(
+        {"success": False, "code": code, "error": error},
+        status=status,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 class ClinicPages:
-    """The host app's own HTTP routes: login, logout, dashboard."""
+    """The host app's own HTTP routes: login, logout, session refresh, dashboard."""
 
-    def __init__(self, authenticator: SignedTokenAuthenticator) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        authenticator: SignedTokenAuthenticator,
+        *,
+        token_ttl: float = TOKEN_TTL,
+        idle_timeout: float | None = IDLE_TIMEOUT,
+    ) -> None:
+        self.gateway = gateway
         self.authenticator = authenticator
+        self.token_ttl = token_ttl
+        self.idle_timeout = idle_timeout
 
-    def session(self, request: web.Request) -> Identity | None:
-        """The identity in the request's session cookie, if it is valid."""
+    async def session(self, request: web.Request) -> Identity | None:
+        """The identity in the request's session cookie, if it is valid and its
+        session has not been revoked (logged out, or signed out when idle)."""
+        if not request.cookies.get(self.authenticator.cookie_name):
+            return None
+        # The gateway's own check, so refusals are counted and logged as the
+        # handshake's are; ``path`` names the route only.
+        handshake = Handshake.from_http(
+            path=request.path, headers=request.headers, scheme=request.scheme
+        )
         try:
-            return self.authenticator.verify(request.cookies.get(self.authenticator.cookie_name))
+            return await self.gateway.authenticate(handshake)
         except AuthenticationFailed:
             return None
 
-    async def login_page(self, request: web.Request) -> web.Response:
-        """``GET /``: the demo users, one button each."""
-        identity = self.session(request)
-        signed_in = Safe("")
-        if identity is not None:
-            signed_in = Safe(
-                f"Signed in as {html.escape(identity.name)}: "
-                '<a href="/dashboard">dashboard</a>, <a href="/logout">log out</a>.'
-            )
-        return page(render("login.html", users=login_buttons(), signed_in=signed_in))
-
-    async def login(self, request: web.Request) -> web.Response:
-        """``POST /login``: sign the chosen user's session into the cookie."""
-        form = await request.post()
-        user = USERS_BY_ID.get(str(form.get("user", "")))
-        if user is None:
-            return redirect("/")
-        token = self.authenticator.issue(user.identity(), ttl=SESSION_TTL)
-        response = redirect("/dashboard")
+    def set_session_cookie(self, response: web.StreamResponse, token: str) -> None:
+        """Put ``token`` in the HttpOnly session cookie, for as long as it lives."""
         response.set_cookie(
             self.authenticator.cookie_name,
             token,
-            max_age=SESSION_TTL,
+            max_age=math.ceil(self.token_ttl),
             path="/",
             httponly=True,
             samesite="Lax",
         )
+
+    async def login_page(self, request: web.Request) -> web.Response:
+        """``GET /``: the demo users, one button each."""
+        identity = await self.session(request)
+        signed_in = Safe("")
+        if identity is not None:
+            signed_in = Safe(
+                f"Signed in as {html.escape(identity.name)}: "
+                '<a href="/dashboard">dashboard</a>, or '
+                '<form method="post" action="/logout" class="inline">'
+                '<button type="submit" class="link" data-testid="logout">log out</button>'
+                "</form>."
+            )
+        return page(render("login.html", users=login_buttons(), signed_in=signed_in))
+
+    async def login(self, request: web.Request) -> web.Response:
+        """``POST /login``: sign a new session of the chosen user into the cookie."""
+        if not same_origin(request):
+            return refusal(403, "forbidden", "Origin not allowed")
+        form = await request.post()
+        user = USERS_BY_ID.get(str(form.get("user", "")))
+        if user is None:
+            return redirect("/")
+        # No session id here: issue() makes a new random one for every login.
+        token = self.authenticator.issue(user.identity(), ttl=self.token_ttl)
+        response = redirect("/dashboard")
+        self.set_session_cookie(response, token)
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
-        """``/logout``: clear the cookie (the token itself is not revoked)."""
+        """``POST /logout``: revoke the cookie's session, so that neither the cookie
+        nor any token of that session opens a socket any more and the sockets it
+        opened (every tab of this browser) are closed with ``auth:revoked``; then
+        clear the cookie."""
+        if not same_origin(request):
+            return refusal(403, "forbidden", "Origin not allowed")
+        identity = await self.session(request)
+        if identity is not None and identity.session_id is not None:
+            await self.gateway.revoke_session(identity.session_id)
         response = redirect("/")
         response.del_cookie(self.authenticator.cookie_name, path="/")
         return response
 
+    async def refresh(self, request: web.Request) -> web.Response:
+        """``POST /session/refresh``: a fresh token for the cookie's user and session,
+        answered as ``{token}`` (for the dashboard's ``auth:refresh``) and put in the
+        cookie. The session id stays the same, so logging out still revokes every
+        token of the session; a revoked or expired session gets none."""
+        if not same_origin(request):
+            return refusal(403, "forbidden", "Origin not allowed")
+        identity = await self.session(request)
+        user = USERS_BY_ID.get(identity.user_id) if identity is not None else None
+        if identity is None or user is None or identity.session_id is None:
+            return refusal(401, "unauthenticated", "No valid session: sign in again")
+        # Roles and permissions come from the user table again, not from the old token.
+        token = self.authenticator.issue(user.identity(identity.session_id), ttl=self.token_ttl)
+        response = web.json_response({"token": token}, headers={"Cache-Control": "no-store"})
+        self.set_session_cookie(response, token)
+        return response
+
     async def dashboard(self, request: web.Request) -> web.Response:
         """``GET /dashboard``: the live page, for a signed-in user only."""
-        identity = self.session(request)
+        identity = await self.session(request)
         if identity is None:
             return redirect("/")
         config = {
+            "refreshUrl": "/session/refresh",
+            # How often the page reports input (session:activity) depends on this.
+            "idleTimeout": self.idle_timeout,
             "user": {
                 "id": identity.user_id,
                 "name": identity.name,
@@ -345,24 +430,43 @@ class Clinic:
     authenticator: SignedTokenAuthenticator
 
 
-def build_app(key: str, *, update_interval: float = 3.0) -> Clinic:
-    """The clinic: pages, static files, the gateway, its admin API and the data source."""
+def build_app(
+    key: str,
+    *,
+    update_interval: float = 3.0,
+    token_ttl: float = TOKEN_TTL,
+    refresh_ahead: float = REFRESH_AHEAD,
+    idle_timeout: float | None = IDLE_TIMEOUT,
+) -> Clinic:
+    """The clinic: pages, static files, the gateway, its admin API and the data source.
+
+    ``token_ttl`` is the life of every session token (the login cookie's, and each
+    refreshed one); sockets are warned ``refresh_ahead`` seconds before their token
+    expires, which must leave time to refresh. ``idle_timeout`` (``None``: off)
+    signs out a dashboard without input for that long.
+    """
+    if not 0 < refresh_ahead < token_ttl:
+        raise ValueError("refresh_ahead must be positive and shorter than token_ttl")
     require_js_client()
-    authenticator = SignedTokenAuthenticator([key], salt=SALT, max_age=SESSION_TTL)
+    # max_age caps every token at token_ttl, whatever minted it (the CLI's default is
+    # an hour), and is how long a revoked session is remembered.
+    authenticator = SignedTokenAuthenticator([key], salt=SALT, max_age=token_ttl)
     gateway = Gateway(
         authenticator=authenticator,
         authorizer=reference_rules(conversation_member=conversation_member),
         namespaces=default_namespaces(),
+        config=GatewayConfig(refresh_ahead=refresh_ahead, idle_timeout=idle_timeout),
     )
     app = web.Application()
     gateway.attach(app)
     AdminAPI(gateway, roles=ROLES).attach(app)
 
-    pages = ClinicPages(authenticator)
+    pages = ClinicPages(gateway, authenticator, token_ttl=token_ttl, idle_timeout=idle_timeout)
     app.router.add_get("/", pages.login_page)
     app.router.add_post("/login", pages.login)
-    app.router.add_get("/logout", pages.logout)
+    # POST only: a GET that ends a session could be triggered by any other site's link.
     app.router.add_post("/logout", pages.logout)
+    app.router.add_post("/session/refresh", pages.refresh)
     app.router.add_get("/dashboard", pages.dashboard)
 
     # Registered before the static folder, so these come from node_modules.
@@ -375,23 +479,40 @@ def build_app(key: str, *, update_interval: float = 3.0) -> Clinic:
 
 def positive_seconds(text: str) -> float:
     """argparse type: a positive number of seconds."""
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of seconds") from None
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return value
+
+
+def seconds_or_off(text: str) -> float | None:
+    """argparse type: a positive number of seconds, or 0 for off (``None``)."""
+    try:
+        if float(text) == 0:
+            return None
+    except ValueError:
+        pass  # positive_seconds says what is wrong
+    return positive_seconds(text)
 
 
 def print_welcome(
     host: str, port: int, authenticator: SignedTokenAuthenticator, *, demo_token: bool = False
 ) -> None:
     """Say where to log in, and how to connect without a browser; with ``demo_token``,
-    print a live one-hour token for Nat Nurse (a credential: never in a shared log)."""
+    print a live token for Nat Nurse, good for the token lifetime (a credential:
+    never in a shared log)."""
     url = f"http://{host}:{port}"
     print(f"Clinic on {url}: open {url}/ and pick a demo user to log in.")
     print(f"Health: {url}/api/socket.io/health (socket.io path /socket.io)")
     if demo_token:
-        token = authenticator.issue(USERS_BY_ID["u-nurse"].identity(), ttl=3600)
-        print("Connect a socket.io client with this token in its auth payload (Nat Nurse):")
+        token = authenticator.issue(USERS_BY_ID["u-nurse"].identity())
+        print(
+            f"Connect a socket.io client with this token in its auth payload (Nat Nurse, "
+            f"valid {authenticator.max_age:g} s):"
+        )
         print(f"  {token}")
     print(
         "Mint others with the same key: RTG_SECRET_KEY=... python -m realtime_gateway "
@@ -413,10 +534,35 @@ def main() -> None:
         help="seconds between simulated patient updates (default 3)",
     )
     parser.add_argument(
+        "--token-ttl",
+        type=positive_seconds,
+        default=TOKEN_TTL,
+        metavar="SECONDS",
+        help=f"life of a session token: the login cookie's and each refreshed one "
+        f"(default {TOKEN_TTL:g})",
+    )
+    parser.add_argument(
+        "--refresh-ahead",
+        type=positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"how long before its token expires a dashboard is warned and renews it; "
+        f"shorter than --token-ttl (default {REFRESH_AHEAD:g}, or a third of a shorter "
+        "--token-ttl)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=seconds_or_off,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"sign a dashboard out after this long without input; 0 for never "
+        f"(default {IDLE_TIMEOUT:g})",
+    )
+    parser.add_argument(
         "--print-demo-token",
         action="store_true",
-        help="print a live one-hour token for Nat Nurse at start-up (off by default: "
-        "start-up output tends to end up in shared logs)",
+        help="print a live token for Nat Nurse (good for --token-ttl) at start-up (off "
+        "by default: start-up output tends to end up in shared logs)",
     )
     parser.add_argument(
         "--log-level",
@@ -425,8 +571,19 @@ def main() -> None:
         help="level of every logger (default INFO)",
     )
     args = parser.parse_args()
+    refresh_ahead = args.refresh_ahead
+    if refresh_ahead is None:
+        refresh_ahead = min(REFRESH_AHEAD, args.token_ttl / 3)
+    elif refresh_ahead >= args.token_ttl:
+        parser.error("--refresh-ahead must be shorter than --token-ttl")
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s %(message)s")
-    clinic = build_app(secret_key(), update_interval=args.update_interval)
+    clinic = build_app(
+        secret_key(),
+        update_interval=args.update_interval,
+        token_ttl=args.token_ttl,
+        refresh_ahead=refresh_ahead,
+        idle_timeout=args.idle_timeout,
+    )
     # Shuts the gateway down before the web server, so clients are heard leaving, and
     # logs requests without their credentials (sid and token query values, headers).
     asyncio.run(

@@ -1,7 +1,10 @@
 // The clinic dashboard: four socket.io namespaces multiplexed over one connection,
 // authenticated by the HttpOnly session cookie the login page set (same origin, so
-// the browser sends it; this script never sees a token). Text from the server or
-// other users is only ever put in the page with textContent.
+// the browser sends it). Before the session's token expires, the page fetches a
+// fresh one for the same session and hands it to the gateway (auth:refresh); it
+// reports the person's input (session:activity) so that only an unattended page is
+// signed out. Text from the server or other users is only ever put in the page with
+// textContent.
 (function () {
   'use strict';
 
@@ -9,6 +12,19 @@
   const me = config.user;
   const TYPING_PAUSE_MS = 1500;
   const FEED_LIMIT = 50;
+  // How long the expiry warning stays up before the page renews the session, at most
+  // (and at most half the time left): long enough to be seen. Nothing else waits.
+  const RENEW_AFTER_MS = 5000;
+  const REFRESH_TIMEOUT_MS = 10000;
+  // Input is reported at most this often: a few times per idle timeout, at most
+  // every 30 s.
+  const ACTIVITY_EVERY_MS = config.idleTimeout
+    ? Math.min(30000, (config.idleTimeout * 1000) / 4) : null;
+  const ENDINGS = {
+    expired: 'Your session expired.',
+    revoked: 'You were signed out.',
+    idle: 'Signed out after inactivity.',
+  };
 
   // userId -> display name: the demo directory, then whatever the server tells us.
   const names = new Map(Object.entries(config.directory));
@@ -54,6 +70,10 @@
     sockets.push(socket);
     socket.on('connect', () => setState(key, 'connected', 'ok'));
     socket.on('disconnect', (reason) => {
+      // Once the session has ended, nothing may reconnect with its cookie (the server
+      // disconnects every socket itself, after which socket.io does not retry; a
+      // transport that drops first would).
+      if (session.ended && socket.active) socket.disconnect();
       const retrying = socket.active ? ', reconnecting…' : '';
       setState(key, 'disconnected (' + reason + ')' + retrying, 'bad');
     });
@@ -61,31 +81,166 @@
       const data = error.data || {};
       if (data.code === 'unauthenticated') {
         setState(key, 'refused (' + (data.reason || 'unauthenticated') + ')', 'bad');
-        showBanner('Your session is not valid any more: sign in again.', true);
+        endSession(ENDINGS[data.reason] || 'Your session is not valid any more.');
       } else {
         setState(key, 'connection failed (' + error.message + '), retrying…', 'bad');
       }
     });
     socket.on('server:shutdown', (notice) => {
-      showBanner((notice && notice.message) || 'The server is shutting down', false);
+      showBanner((notice && notice.message) || 'The server is shutting down', 'reload');
       // Leave promptly so the server can stop; a reload reconnects once it is back.
       sockets.forEach((each) => each.disconnect());
+    });
+    socket.on('auth:expiring', warnExpiring);
+    Object.keys(ENDINGS).forEach((reason) => {
+      socket.on('auth:' + reason, () => endSession(ENDINGS[reason]));
     });
     return socket;
   }
 
-  function showBanner(text, withLogin) {
+  // A banner over the page: text, then a link to sign in again ('login'), advice
+  // to reload ('reload') or nothing; 'warning' is styled as a warning, not an error.
+  function showBanner(text, action, kind) {
     const banner = byId('banner');
     banner.replaceChildren(element('span', text + ' '));
-    if (withLogin) {
-      const link = element('a', 'Sign in');
+    if (action === 'login') {
+      const link = element('a', 'Sign in again');
       link.href = '/';
+      link.dataset.testid = 'sign-in-again';
       banner.append(link);
-    } else {
+    } else if (action === 'reload') {
       banner.append(element('span', 'Reload the page once it is back.'));
     }
+    banner.className = 'banner' + (kind ? ' ' + kind : '');
     banner.hidden = false;
   }
+
+  function hideBanner() {
+    byId('banner').hidden = true;
+  }
+
+  // -- the session: expiry warning, renewal, activity, its end -----------------------
+
+  const session = {
+    ended: false,
+    expiresAt: 0, // ms: the expiry the connection has now, once a renewal said
+    warnedFor: 0, // ms: the expiry being warned about (and renewed), 0 for none
+    countdown: null,
+    note: '',
+    lastActivity: 0,
+  };
+  // Other tabs of this browser share the session (one cookie): input in any of them
+  // keeps all of them signed in.
+  const tabs = 'BroadcastChannel' in window ? new BroadcastChannel('clinic-activity') : null;
+
+  // Each socket.io Manager is one client connection (engine.io), whichever namespaces
+  // it carries: a refresh or an activity report on one of its sockets covers them all.
+  function connectionSockets() {
+    const managers = new Set(sockets.map((socket) => socket.io));
+    return [...managers]
+      .map((manager) => sockets.find((socket) => socket.io === manager && socket.connected))
+      .filter(Boolean);
+  }
+
+  function stopCountdown() {
+    clearInterval(session.countdown);
+    session.countdown = null;
+  }
+
+  // "Your session expires in N s", counting down to a local deadline (the server
+  // says how many seconds are left, so the two clocks need not agree).
+  function startCountdown(secondsLeft, note) {
+    stopCountdown();
+    const deadline = Date.now() + secondsLeft * 1000;
+    const render = () => {
+      const left = Math.max(0, Math.round((deadline - Date.now()) / 1000));
+      showBanner('Your session expires in ' + left + ' s. ' + session.note, null, 'warning');
+    };
+    session.note = note;
+    render();
+    session.countdown = setInterval(render, 1000);
+  }
+
+  function warnExpiring(warning) {
+    if (session.ended || !warning) return;
+    const expiresAt = warning.expiresAt;
+    // Every namespace socket is warned: one warning per expiry is handled, and one
+    // about an expiry a renewal has already replaced is old news.
+    if (expiresAt === session.warnedFor || expiresAt < session.expiresAt) return;
+    session.warnedFor = expiresAt;
+    byId('banner').dataset.expiresAt = String(expiresAt);
+    startCountdown(warning.secondsLeft, 'Renewing it…');
+    const wait = Math.min(RENEW_AFTER_MS, (warning.secondsLeft * 1000) / 2);
+    setTimeout(() => renew(expiresAt), wait);
+  }
+
+  async function freshToken() {
+    // Same origin: the session cookie authenticates the call, and the answer renews
+    // the cookie too.
+    const response = await fetch(config.refreshUrl, {
+      method: 'POST',
+      headers: {'Accept': 'application/json'},
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || 'HTTP ' + response.status);
+    return answer.token;
+  }
+
+  // A fresh token for the same session, sent once per client connection. This is
+  // not the person's activity and is not reported as such.
+  async function renew(expiresAt) {
+    if (session.ended || session.warnedFor !== expiresAt) return;
+    let acks;
+    try {
+      const token = await freshToken();
+      acks = await Promise.all(connectionSockets().map((socket) => socket
+        .timeout(REFRESH_TIMEOUT_MS)
+        .emitWithAck('auth:refresh', {token})
+        .catch((error) => ({success: false, error: error.message}))));
+    } catch (error) {
+      acks = [{success: false, error: error.message}];
+    }
+    if (session.ended || session.warnedFor !== expiresAt) return;
+    const failed = acks.find((ack) => !ack.success);
+    if (failed || acks.length === 0) {
+      session.note = 'It could not be renewed (' +
+        ((failed && (failed.error || failed.reason)) || 'not connected') + ').';
+      return; // the countdown goes on; auth:expired ends the session
+    }
+    session.expiresAt = Math.max(...acks.map((ack) => ack.expiresAt || 0));
+    session.warnedFor = 0;
+    stopCountdown();
+    hideBanner();
+    byId('session-status').textContent = session.expiresAt
+      ? 'Session renewed at ' + new Date().toLocaleTimeString() + ', valid until ' +
+        new Date(session.expiresAt).toLocaleTimeString() + '.'
+      : 'Session renewed.';
+  }
+
+  // The person is here: tell the gateway (throttled), and the other tabs.
+  function reportActivity(fromHere) {
+    if (session.ended || !ACTIVITY_EVERY_MS) return;
+    const now = Date.now();
+    if (now - session.lastActivity < ACTIVITY_EVERY_MS) return;
+    session.lastActivity = now;
+    connectionSockets().forEach((socket) => socket.emit('session:activity'));
+    if (fromHere && tabs) tabs.postMessage('activity');
+  }
+
+  function endSession(text) {
+    if (session.ended) return;
+    session.ended = true;
+    session.warnedFor = 0;
+    stopCountdown();
+    if (tabs) tabs.close();
+    byId('session-status').textContent = '';
+    showBanner(text, 'login');
+  }
+
+  for (const type of ['keydown', 'pointerdown']) {
+    document.addEventListener(type, () => reportActivity(true), {capture: true, passive: true});
+  }
+  if (tabs) tabs.addEventListener('message', () => reportActivity(false));
 
   // -- / -------------------------------------------------------------------------------
 

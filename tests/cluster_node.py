@@ -2,9 +2,11 @@
 process so that the test can kill it::
 
     python tests/cluster_node.py --port P --redis-url URL --secret KEY [--ttl T]
+        [--max-age SECONDS] [--idle-timeout SECONDS]
 
 Serves the reference clinic gateway (built-in namespaces, reference rules, tokens
-signed with ``--secret``) with its admin API, plus two test-only routes:
+signed with ``--secret`` and accepted for ``--max-age`` seconds, idle logoff after
+``--idle-timeout`` seconds if given) with its admin API, plus two test-only routes:
 ``POST /test/emit`` ``{kind, target, event, data, namespace, identity?}`` calls the
 gateway's emit_to_user / emit_to_role / emit_to_room / broadcast / reauthorize, and
 ``GET /test/process`` answers this process's cluster name. Prints ``ready`` once it
@@ -37,7 +39,7 @@ SALT = "tests.session"  # the salt of tests/conftest.py's tokens
 
 def build_app(args: argparse.Namespace) -> tuple[web.Application, Gateway]:
     gateway = Gateway(
-        authenticator=SignedTokenAuthenticator([args.secret], salt=args.salt, max_age=600),
+        authenticator=SignedTokenAuthenticator([args.secret], salt=args.salt, max_age=args.max_age),
         authorizer=reference_rules(),
         namespaces=default_namespaces(),
         config=GatewayConfig(
@@ -48,6 +50,7 @@ def build_app(args: argparse.Namespace) -> tuple[web.Application, Gateway]:
             connect_timeout=1,
             rate_limit=None,
             shutdown_grace=0.5,
+            idle_timeout=args.idle_timeout,
         ),
     )
     app = web.Application()
@@ -94,6 +97,8 @@ async def main() -> None:
     parser.add_argument("--secret", required=True)
     parser.add_argument("--salt", default=SALT)
     parser.add_argument("--ttl", type=float, default=15.0)
+    parser.add_argument("--max-age", type=float, default=600.0)
+    parser.add_argument("--idle-timeout", type=float, default=None)
     args = parser.parse_args()
     # Warnings go to stderr, which the test keeps in a file and reads.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")

@@ -14,7 +14,7 @@ import json
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,7 +77,10 @@ class Node:
             return ""
 
 
-async def _spawn(label: str, redis_url: str, ttl: float, directory: Path) -> Node:
+async def _spawn(
+    label: str, redis_url: str, ttl: float, directory: Path, options: Sequence[str] = ()
+) -> Node:
+    """Start a node; ``options`` are more cluster_node.py arguments."""
     port = _free_port()
     log = directory / f"node-{label}.log"
     with log.open("wb") as stderr:
@@ -94,6 +97,7 @@ async def _spawn(label: str, redis_url: str, ttl: float, directory: Path) -> Nod
             SALT,
             "--ttl",
             str(ttl),
+            *options,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
         )
@@ -208,13 +212,14 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def running_cluster(
-    redis: RedisServer, directory: Path, *, ttl: float = TTL
+    redis: RedisServer, directory: Path, *, ttl: float = TTL, options: Sequence[str] = ()
 ) -> AsyncIterator[Cluster]:
-    """Start A and B; afterwards close the clients, then stop both processes."""
+    """Start A and B (with cluster_node.py ``options``); afterwards close the
+    clients, then stop both processes."""
     async with contextlib.AsyncExitStack() as stack:
         nodes: list[Node] = []
         for label in ("A", "B"):
-            node = await _spawn(label, redis.url, ttl, directory)
+            node = await _spawn(label, redis.url, ttl, directory, options)
             stack.push_async_callback(_stop, node)
             nodes.append(node)
         a, b = nodes

@@ -167,9 +167,10 @@ class ClusterManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         if self._publisher is not None:
             await self._publisher.aclose()
 
-    async def publish_control(self, data: Mapping[str, Any]) -> None:
-        """Send a control message to the other processes."""
-        await self._publish({**data, "rtg": True, "host_id": self.host_id})
+    async def publish_control(self, data: Mapping[str, Any]) -> bool:
+        """Send a control message to the other processes; ``False`` if it could not
+        be sent (Redis is unreachable)."""
+        return await self._publish({**data, "rtg": True, "host_id": self.host_id}) is not None
 
     async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
         subscribed = False
@@ -179,7 +180,10 @@ class ClusterManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                     self._redis_connect()
                     await self.pubsub.subscribe(self.channel)
                     subscribed = True
-                    self._listen_outage.succeeded()
+                    if self._listen_outage.down:
+                        self._listen_outage.succeeded()
+                        # Whatever was published meanwhile never reached this process.
+                        await self._run_control({"op": "resubscribed"})
                 async for message in self.pubsub.listen():
                     yield message
             except asyncio.CancelledError:
@@ -200,12 +204,15 @@ class ClusterManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 continue
             if data.get("rtg"):
                 if data.get("host_id") != self.host_id:
-                    try:
-                        await self._control(data)
-                    except Exception as exc:
-                        log(logging.ERROR, "control_failed", error=type(exc).__name__)
+                    await self._run_control(data)
                 continue
             yield data
+
+    async def _run_control(self, data: dict[str, Any]) -> None:
+        try:
+            await self._control(data)
+        except Exception as exc:
+            log(logging.ERROR, "control_failed", error=type(exc).__name__)
 
 
 class RedisRegistry:
@@ -739,9 +746,10 @@ class Cluster:
         await self.registry.heartbeat()
         await self.registry.publish_stats(await self._stats())
 
-    async def publish_control(self, message: Mapping[str, Any]) -> None:
-        """Send a control message to every other process."""
-        await self.manager.publish_control(message)
+    async def publish_control(self, message: Mapping[str, Any]) -> bool:
+        """Send a control message to every other process; ``False`` if it could not
+        be sent."""
+        return await self.manager.publish_control(message)
 
     async def cluster_stats(self, own: Mapping[str, Any]) -> dict[str, Any]:
         """``{"processes": {name: figures}, "total": figures}`` over every live process,

@@ -27,7 +27,7 @@ from ._exceptions import GatewayNotRunning
 from ._identity import Handshake, Identity
 from ._log import log
 from ._registry import ConnectionInfo
-from ._revocation import session_digest
+from ._revocation import RedisRevocationStore, session_digest
 
 if TYPE_CHECKING:
     from ._gateway import Gateway
@@ -212,16 +212,17 @@ async def _revoke(
 ) -> None:
     """Revoke here at once, then in the store and on the other processes."""
     _revoke_here(gateway, message)
-    if gateway._cluster is not None:
-        await gateway._cluster.publish_control(message)
+    told = gateway._cluster is None or await gateway._cluster.publish_control(message)
     try:
         await store()
     except Exception as exc:
         log(logging.ERROR, "revocation_not_stored", error=type(exc).__name__)
+        told = False
+    if not told:
         raise GatewayNotRunning(
-            "The revocation store is unreachable: sockets were ended, but the "
-            "credentials are not refused everywhere; try again"
-        ) from None
+            "Redis is unreachable: the sockets of this process were ended, but the "
+            "revocation may not reach the others; try again"
+        )
 
 
 def _revoke_here(gateway: Gateway, message: dict[str, Any]) -> None:
@@ -262,6 +263,30 @@ async def on_control(gateway: Gateway, message: dict[str, Any]) -> None:
         )
     elif op == "revoke":
         _revoke_here(gateway, message)
+    elif op == "resubscribed":
+        await recheck_revoked(gateway)
+
+
+async def recheck_revoked(gateway: Gateway) -> int:
+    """End every live socket whose credential the store now says is revoked (after
+    this process was cut off from the others' control messages); returns how many."""
+    store = gateway.revocations
+    if isinstance(store, RedisRevocationStore):
+        store.reachable()  # the channel is back: so is Redis, whatever the backoff says
+    verdicts: dict[tuple[str, str | None, float | None], bool] = {}
+    ended = 0
+    for conn in list(gateway.connections.values()):
+        identity = conn.identity
+        issued = identity.issued_at.timestamp() if identity.issued_at else None
+        key = (identity.user_id, identity.session_id, issued)
+        if key not in verdicts:
+            verdicts[key] = await store.is_revoked(identity)
+        if verdicts[key]:
+            gateway._sessions.end(conn, "revoked")
+            ended += 1
+    if ended:
+        log(logging.WARNING, "revoked_while_cut_off", sockets=ended)
+    return ended
 
 
 async def announce_swept(

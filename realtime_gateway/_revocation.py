@@ -141,6 +141,10 @@ class RedisRevocationStore:
         self.prefix = prefix
         self._outage = Outage("revocations")
 
+    def reachable(self) -> None:
+        """Redis is known to be back: look it up again at once."""
+        self._outage.retry_at = 0.0
+
     def session_key(self, session_id: str) -> str:
         """The key that marks ``session_id`` revoked."""
         return f"{self.prefix}:revoked:session:{session_digest(session_id)}"

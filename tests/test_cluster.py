@@ -434,7 +434,9 @@ async def test_reauthorization_on_a_revokes_rooms_on_b(cluster: Cluster) -> None
 
     revoked = await nurse_inbox.wait("access:revoked", "/chat", count=2)
     assert sorted(note["room"] for note in revoked) == ["conversation:c1", "role:nurse"]
-    assert await nurse_inbox.wait("access:revoked", "/") == [{"room": "role:nurse", "reason": "reauthorized"}]
+    assert await nurse_inbox.wait("access:revoked", "/") == [
+        {"room": "role:nurse", "reason": "reauthorized"}
+    ]
     left = await doctor_inbox.wait("user:left", "/chat")
     assert [note["userId"] for note in left] == ["u-nurse"]
 

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import socketio
 
 from realtime_gateway import Identity
-from realtime_gateway._revocation import session_digest
+from realtime_gateway._revocation import RedisRevocationStore, session_digest
 
 from .clinic import USERS, Inbox, connect_as
 from .conftest import call
@@ -359,6 +359,58 @@ async def test_while_redis_is_down_handshakes_go_on_and_known_revocations_hold(
     for node in (a, b):
         assert await refusal_of(cluster, node, ward) == REVOKED, node.label
         assert node.proc.returncode is None, node.label
+
+
+async def test_a_revocation_made_as_redis_returns_reaches_every_process(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    rounds = cluster.tokens.issue(in_session("doctor", "s-rounds"))
+    doctor_b, doctor_b_inbox = await connect_with(cluster, b, rounds, namespaces=("/",))
+    on_b = Endings(doctor_b, doctor_b_inbox, ("/",))
+    await cluster.subscribed(2)
+    await asyncio.to_thread(cluster.redis.stop)
+    # A publishes during the outage, so its publishing backs off.
+    for n in range(20):
+        await cluster.emit(a, "user", "u-doctor", "lost", n)
+    await asyncio.to_thread(cluster.redis.start)
+
+    # At once, before B has subscribed again: either A says it could not tell the
+    # others (503, try again) or the revocation reaches B, if need be through B
+    # asking the store about its sockets once it hears the channel again.
+    deadline = time.monotonic() + 15
+    while True:
+        status, body = await cluster.admin(a, "POST", "/revoke/session/s-rounds")
+        if status == 200:
+            break
+        assert (status, body["code"]) == (503, "unavailable"), body
+        assert time.monotonic() < deadline, "the revocation was never accepted"
+        await asyncio.sleep(0.2)  # the caller's retry, as the 503 asks
+
+    await on_b.revoked(within=20)
+    assert await refusal_of(cluster, b, rounds) == REVOKED
+
+
+async def test_a_process_cut_off_asks_the_store_once_it_hears_the_channel_again(
+    cluster: Cluster,
+) -> None:
+    b = cluster.b
+    rounds = cluster.tokens.issue(in_session("doctor", "s-rounds"))
+    doctor_b, doctor_b_inbox = await connect_with(cluster, b, rounds, namespaces=("/",))
+    on_b = Endings(doctor_b, doctor_b_inbox, ("/",))
+    await cluster.subscribed(2)
+    await asyncio.to_thread(cluster.redis.stop)
+    await asyncio.sleep(2)  # long enough for B's listener to back off
+
+    await asyncio.to_thread(cluster.redis.start)
+    # A revocation B never hears of: in the store (Redis came back empty), no
+    # control message, as when one is published before B has subscribed again.
+    async with store(cluster) as redis:
+        await RedisRevocationStore(redis, prefix=CHANNEL).revoke_session("s-rounds", ttl=600)
+    assert on_b.still_connected()
+
+    await on_b.revoked(within=20)
+    assert await refusal_of(cluster, b, rounds) == REVOKED
 
 
 async def delivery_resumed(cluster: Cluster, inbox_on_b: Inbox, within: float = 15.0) -> None:

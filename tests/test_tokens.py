@@ -217,7 +217,8 @@ def test_tokens_carry_a_random_session_id_and_their_issue_time(
     first = authenticator.verify(authenticator.issue(Identity(user_id="u1")))
     second = authenticator.verify(authenticator.issue(Identity(user_id="u1")))
     after = dt.datetime.now(dt.UTC)
-    assert first.session_id and second.session_id
+    assert first.session_id
+    assert second.session_id
     assert first.session_id != second.session_id
     assert len(first.session_id) >= 20  # 16 random bytes, base64url
     assert first.issued_at is not None

@@ -412,7 +412,9 @@ async def test_reauthorization_revokes_subscriptions_no_longer_allowed(
         revoked = await gateway.reauthorize("u-doctor", notes_only)
 
         assert revoked == {doctor.get_sid(UPDATES): ["patient:p1"]}
-        assert await inbox.wait("access:revoked", UPDATES) == [{"room": "patient:p1", "reason": "reauthorized"}]
+        assert await inbox.wait("access:revoked", UPDATES) == [
+            {"room": "patient:p1", "reason": "reauthorized"}
+        ]
         await gateway.publish_update("patient", "p1", "vitals")
         # Barrier: the encounter subscription survives and its update comes later.
         await gateway.publish_update("encounter", "e1", "note_added")

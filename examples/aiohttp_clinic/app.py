@@ -305,7 +305,7 @@ class ClinicPages:
             return refusal(403, "forbidden", "Origin not allowed")
         identity = await self.session(request)
         if identity is not None and identity.session_id is not None:
-            await self.gateway.revoke_session(identity.session_id)
+            await self.gateway.revoke_session(identity.session_id, user_id=identity.user_id)
         response = redirect("/")
         response.del_cookie(self.authenticator.cookie_name, path="/")
         return response

@@ -38,6 +38,7 @@ from ._auth import SignedTokenAuthenticator
 from ._config import GatewayConfig
 from ._connection import Connection
 from ._exceptions import ConfigurationError
+from ._fanout import RoomIndex
 from ._identity import Identity
 from ._log import log
 from ._metrics import Metrics
@@ -96,7 +97,7 @@ def identity_from_json(data: Mapping[str, Any]) -> Identity:
     )
 
 
-class ClusterManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
     """python-socketio's Redis manager with signed JSON messages and quiet recovery.
 
     ``signer`` signs every published message and verifies every received one;

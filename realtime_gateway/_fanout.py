@@ -6,6 +6,11 @@ own interfaces.
   once and hands it to each recipient's queue in turn: no task per recipient, each
   socket's order kept (one emit is queued everywhere before the next one starts),
   closed sockets skipped. Emits with callbacks take python-socketio's own path.
+- :class:`RoomIndex`: python-socketio's managers find a socket's rooms by looking
+  through every room of its namespace (``basic_disconnect`` copies the namespace's
+  whole room table for each disconnect), so ending n sockets together costs
+  O(n^2); with 5,000 sockets connected, 100 disconnects took 0.6 s. The index
+  keeps each socket's rooms, so a disconnect costs what the socket is in.
 """
 
 from __future__ import annotations
@@ -16,10 +21,60 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
-__all__ = ["FanOutManager"]
+__all__ = ["FanOutManager", "RoomIndex"]
 
 
-class FanOutManager(socketio.AsyncManager):  # type: ignore[misc]
+class RoomIndex:
+    """Mixin for a python-socketio manager: each socket's rooms, by socket id (ids
+    are unique across namespaces), kept as the manager enters and leaves rooms."""
+
+    rooms: dict[str, dict[Any, Any]]
+    callbacks: dict[str, Any]
+    pending_connect: dict[str, list[str]]
+    pending_disconnect: dict[str, list[str]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rooms_of: dict[str, list[Any]] = {}
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
+        rooms = self._rooms_of.setdefault(sid, [])
+        if room not in rooms:
+            rooms.append(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        rooms = self._rooms_of.get(sid)
+        if rooms is not None and room in rooms:
+            rooms.remove(room)
+            if not rooms:
+                del self._rooms_of[sid]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        rooms = self._rooms_of.get(sid)
+        if rooms is None or namespace not in self.rooms:
+            super().basic_disconnect(sid, namespace, **kwargs)  # type: ignore[misc]
+            return
+        for room in list(rooms):
+            self.basic_leave_room(sid, namespace, room)
+        # The rest of python-socketio's basic_disconnect, which has no other hook.
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            waiting = pending.get(namespace)
+            if waiting is not None and sid in waiting:
+                waiting.remove(sid)
+                if not waiting:
+                    del pending[namespace]
+
+    def get_rooms(self, sid: str, namespace: str) -> list[Any]:
+        """The rooms ``sid`` is in, as python-socketio's ``get_rooms`` answers."""
+        if namespace not in self.rooms:
+            return []
+        return [room for room in self._rooms_of.get(sid, ()) if room is not None]
+
+
+class FanOutManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
     """python-socketio's in-process manager with a task-free fan-out."""
 
     async def emit(

@@ -13,7 +13,7 @@ from realtime_gateway import Rule, RuleAuthorizer, SignedTokenAuthenticator, ref
 from realtime_gateway._fanout import FanOutManager
 
 from .clinic import USERS, Inbox, clinic_gateway, connect_as
-from .conftest import Clients, call, quick_config, socketio_client
+from .conftest import Clients, call, quick_config, socketio_client, until
 
 LOBBY_RULES = reference_rules() + RuleAuthorizer([Rule(actions="join", target="lobby")])
 
@@ -153,3 +153,41 @@ async def test_websocket_compression_setting_is_honoured(
             opened = await ws.receive_str(timeout=5)
             assert opened.startswith("0{")
     assert ("permessage-deflate" in extensions) is compression
+
+
+def _rooms_by_scanning(manager: Any, sid: str, namespace: str) -> set[Any]:
+    """A socket's rooms found as python-socketio finds them: through every room."""
+    return {room for room, members in manager.rooms.get(namespace, {}).items() if sid in members}
+
+
+async def test_the_room_index_agrees_with_the_room_table(
+    clients: Clients, authenticator: SignedTokenAuthenticator, server_kind: str
+) -> None:
+    gateway = clinic_gateway(authenticator, authorizer=LOBBY_RULES)
+    async with clients.serve(gateway, server_kind) as server:
+        users = ("nurse", "doctor", "staff", "patient", "admin")
+        connected = {}
+        for name in users:
+            client, _ = await connect_as(
+                clients, server.url, authenticator.issue(USERS[name]), namespaces=("/", "/chat")
+            )
+            connected[name] = client
+        for name in ("nurse", "doctor", "staff"):
+            assert (await call(connected[name], "join:room", "lobby"))["success"]
+        assert (await call(connected["staff"], "leave:room", "lobby"))["success"]
+        await connected["doctor"].disconnect()
+        await until(lambda: len(gateway.connections) == 2 * (len(users) - 1))
+
+        manager = gateway.server.manager
+        for sid, conn in gateway.connections.items():
+            expected = _rooms_by_scanning(manager, sid, conn.namespace)
+            assert set(manager._rooms_of[sid]) == expected
+            assert expected == {None, sid, *conn.rooms}
+            assert sorted(manager.get_rooms(sid, conn.namespace), key=str) == sorted(
+                (room for room in expected if room is not None), key=str
+            )
+        assert set(manager._rooms_of) == set(gateway.connections)
+        await clients.close()
+        await until(lambda: not gateway.connections)
+        assert manager._rooms_of == {}
+        assert "lobby" not in manager.rooms.get("/", {})

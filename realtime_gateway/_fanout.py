@@ -6,6 +6,8 @@ own interfaces.
   once and hands it to each recipient's queue in turn: no task per recipient, each
   socket's order kept (one emit is queued everywhere before the next one starts),
   closed sockets skipped. Emits with callbacks take python-socketio's own path.
+  The frames are :class:`SizedPacket`: each socket's pending-output bound counts
+  them without measuring them again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
+
+from ._engine import SizedPacket
 
 __all__ = ["FanOutManager"]
 
@@ -59,7 +63,7 @@ class FanOutManager(socketio.AsyncManager):  # type: ignore[misc]
             packet.EVENT, namespace=namespace, data=[event, *args]
         ).encode()
         frames = [
-            eio_packet.Packet(eio_packet.MESSAGE, part)
+            SizedPacket(eio_packet.MESSAGE, part)
             for part in (encoded if isinstance(encoded, list) else [encoded])
         ]
         send = self.server._send_eio_packet
@@ -67,5 +71,6 @@ class FanOutManager(socketio.AsyncManager):  # type: ignore[misc]
             if sid in skip:
                 continue
             for frame in frames:
-                # Puts the frame on the socket's queue, or skips a closed socket.
+                # Puts the frame on the socket's queue (EngineSocket.send, which
+                # applies the pending-output bound), or skips a closed socket.
                 await send(eio_sid, frame)

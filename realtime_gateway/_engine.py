@@ -170,7 +170,7 @@ class SizedPacket(eio_packet.Packet):  # type: ignore[misc]
 
 class _Driver(Protocol):
     def buffered(self) -> int: ...
-    def abort(self) -> None: ...
+    def abort(self) -> bool: ...
 
 
 class EngineSocket(AsyncSocket):  # type: ignore[misc]
@@ -193,6 +193,8 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
     evicted = False
     """Whether the connection was closed for going over ``max_pending_output``."""
     _driver: _Driver | None = None
+    _writer: asyncio.Task[None] | None = None
+    _stop: asyncio.Future[None] | None = None
 
     @property
     def pending_output(self) -> int:
@@ -251,7 +253,12 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
             self.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
         self.queue.put_nowait(None)  # ends the websocket writer or a waiting long-poll
         if self._driver is not None:
-            self._driver.abort()
+            if not self._driver.abort() and self._writer is not None:
+                # The server's send may wait for the client forever.
+                self._writer.cancel()
+            self.transport_bytes = 0
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)  # the websocket loop stops reading
 
     async def receive(self, pkt: Any) -> None:
         if self.evicted:
@@ -361,18 +368,33 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
             with contextlib.suppress(Exception):
                 await ws.close()
 
-        self._driver = ws
         writer_task = asyncio.ensure_future(writer())
+        self._driver = ws
+        self._writer = writer_task
+        self._stop = stop = asyncio.get_running_loop().create_future()
         reason = server.reason.TRANSPORT_CLOSE
         while True:
+            # As python-engineio's wait_for, which also runs the read in a task; the
+            # stop future ends the loop when the connection is evicted.
+            reading = asyncio.ensure_future(next_frame())
             try:
-                pkt = await asyncio.wait_for(
-                    next_frame(), server.ping_interval + server.ping_timeout
+                await asyncio.wait(
+                    (reading, stop),
+                    timeout=server.ping_interval + server.ping_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
+            except asyncio.CancelledError:
+                reading.cancel()
+                break
+            if not reading.done():
+                reading.cancel()
+                break
+            try:
+                pkt = reading.result()
             except BadFrame:
                 await self._close_websocket(ws, "engineio_frame")
                 break
-            except (TimeoutError, asyncio.CancelledError):
+            except asyncio.CancelledError:
                 break
             if pkt is None:
                 break
@@ -382,7 +404,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
                 break
         await self.queue.put(None)  # lets the writer finish
         await asyncio.wait({writer_task})
-        self._driver = None
+        self._driver = self._writer = self._stop = None
         await self.close(wait=False, abort=True, reason=reason)
 
     async def _close_websocket(self, ws: Any, reason: str) -> None:
@@ -442,10 +464,11 @@ class AiohttpWebSocket(_UpstreamAiohttpWebSocket):  # type: ignore[misc]
         transport = self._transport
         return 0 if transport is None else transport.get_write_buffer_size()
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         """Drop the connection without a closing handshake (the client is not reading)."""
         if self._transport is not None:
             self._transport.abort()
+        return True
 
 
 class AsgiWebSocket(_UpstreamAsgiWebSocket):  # type: ignore[misc]
@@ -498,11 +521,13 @@ class AsgiWebSocket(_UpstreamAsgiWebSocket):  # type: ignore[misc]
         transport = self._transport
         return 0 if transport is None else int(transport.get_write_buffer_size())
 
-    def abort(self) -> None:
-        """Drop the connection when its transport is known; otherwise the writer
-        stops and the connection closes when the websocket handler ends."""
-        if self._transport is not None:
-            self._transport.abort()
+    def abort(self) -> bool:
+        """Drop the connection when its transport is known (and say whether it
+        could); otherwise the connection closes when the websocket handler ends."""
+        if self._transport is None:
+            return False
+        self._transport.abort()
+        return True
 
 
 def _too_big(data: str | bytes, limit: int) -> bool:

@@ -195,6 +195,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
     _driver: _Driver | None = None
     _writer: asyncio.Task[None] | None = None
     _stop: asyncio.Future[None] | None = None
+    _eviction: asyncio.Task[None] | None = None
 
     @property
     def pending_output(self) -> int:
@@ -241,7 +242,8 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
             self.queue.task_done()
         self.queued_bytes = 0
         self.server.slow_consumer(self, pending)
-        self.server.start_background_task(self._close_evicted)
+        # Held here: the event loop keeps only a weak reference to a task.
+        self._eviction = self.server.start_background_task(self._close_evicted)
 
     async def _close_evicted(self) -> None:
         # python-socketio hears the disconnect (every namespace socket of the

@@ -209,6 +209,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         """
         if self.evicted or not await self.check_ping_timeout():
             return
+        # Upstream: python-engineio's per-socket queue is unbounded and never refuses.
         size = pkt.size if type(pkt) is SizedPacket else packet_size(pkt)
         queued = self.queued_bytes + size
         self.queued_bytes = queued

@@ -135,6 +135,11 @@ class GatewayConfig:
     against ``max_event_size``.
     ``rate_limit`` is the sustained events per second one connection may send, with
     bursts up to ``rate_burst``; ``None`` turns the limit off.
+    ``max_pending_output`` bounds the bytes waiting for one client connection (its
+    engine.io queue plus its websocket transport's write buffer, default 1 MiB):
+    a packet that takes it over disconnects the connection, every namespace
+    socket of it, with reason ``slow_consumer``; one packet alone in an idle
+    connection's queue is let through whatever its size.
 
     ``compression`` compresses long-polling responses; ``websocket_compression``
     accepts permessage-deflate on websockets under aiohttp (off by default, as in
@@ -177,6 +182,7 @@ class GatewayConfig:
     max_event_size: int = attrs.field(default=64 * 1024, validator=_positive_int)
     max_nesting_depth: int = attrs.field(default=32, validator=_positive_int)
     max_attachments: int = attrs.field(default=10, validator=_positive_int)
+    max_pending_output: int = attrs.field(default=1_048_576, validator=_positive_int)
     compression: bool = attrs.field(default=True, validator=_flag)
     websocket_compression: bool = attrs.field(default=False, validator=_flag)
     rate_limit: float | None = attrs.field(default=50.0, validator=_optional_positive)

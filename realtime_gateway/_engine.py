@@ -29,6 +29,12 @@ drivers, made strict where a hostile client could otherwise wedge or hijack them
   polling body 200 while the session stays open.
 - :class:`AiohttpWebSocket` and :class:`AsgiWebSocket` accept messages of up to
   ``maxPayload`` bytes inclusive and close with 1009 above it.
+- *Pending output*: each :class:`EngineSocket` keeps a running count of the bytes
+  queued for its client (added when a packet is queued, taken off when the
+  websocket writer has handed it to the transport or a long-poll has taken it),
+  plus what the websocket transport still buffers (sampled by the writer before
+  each frame). A packet that takes the sum over ``max_pending_output`` evicts the
+  connection (see :meth:`EngineSocket.send`).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import re
 import secrets
 import urllib.parse
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import engineio
 from aiohttp import WebSocketError, WSMsgType
@@ -65,7 +71,9 @@ __all__ = [
     "BadFrame",
     "EngineServer",
     "EngineSocket",
+    "SizedPacket",
     "decode_frame",
+    "packet_size",
 ]
 
 COOKIE_PREFIX = "rtg_eio_"
@@ -79,6 +87,8 @@ _CLIENT_PACKETS = frozenset(
 _COOKIE_NAME = re.compile(rf"{COOKIE_PREFIX}[A-Za-z0-9_-]{{1,64}}")
 # Stale binding cookies expired per handshake; a browser sends only so many.
 _MAX_EXPIRED_COOKIES = 32
+SLOW_CONSUMER = "slow_consumer"
+"""The disconnect reason of a connection evicted for its pending output."""
 
 
 class BadFrame(eio_exceptions.EngineIOError):  # type: ignore[misc]
@@ -134,16 +144,129 @@ def decode_body(body: bytes) -> list[Any]:
     return [decode_frame(part) for part in parts]
 
 
+def packet_size(pkt: Any) -> int:
+    """The bytes of an engine.io packet as a websocket frame (type digit included;
+    polling sends binary data base64-encoded, a third more)."""
+    data = pkt.data
+    if isinstance(data, str):
+        # CPython knows whether a str is ASCII without scanning it, and JSON text
+        # (python-socketio's encoding) is ASCII unless told otherwise.
+        return 1 + (len(data) if data.isascii() else len(data.encode("utf-8")))
+    if isinstance(data, bytes | bytearray):
+        return len(data)
+    if data is None:
+        return 1
+    return len(str(pkt.encode()))
+
+
+class SizedPacket(eio_packet.Packet):  # type: ignore[misc]
+    """An engine.io packet that knows its :func:`packet_size`: a broadcast frame
+    queued to many sockets is measured once."""
+
+    def __init__(self, packet_type: int, data: Any) -> None:
+        super().__init__(packet_type, data)
+        self.size = packet_size(self)
+
+
+class _Driver(Protocol):
+    def buffered(self) -> int: ...
+    def abort(self) -> bool: ...
+
+
 class EngineSocket(AsyncSocket):  # type: ignore[misc]
-    """python-engineio's socket with strict decoding and clean closes."""
+    """python-engineio's socket with strict decoding, clean closes and bounded
+    pending output."""
 
     bound = False
     """Whether the session was opened over polling and so has a binding cookie."""
     connected: bool
     upgrading: bool
     upgraded: bool
+    closing: bool
+    closed: bool
+    queued_bytes = 0
+    """Bytes of the packets queued for the client and not yet handed to its transport."""
+    transport_bytes = 0
+    """What the websocket transport still buffered when the writer last looked."""
+    peak_pending = 0
+    """The most :attr:`pending_output` has been when a packet was queued."""
+    evicted = False
+    """Whether the connection was closed for going over ``max_pending_output``."""
+    _driver: _Driver | None = None
+    _writer: asyncio.Task[None] | None = None
+    _stop: asyncio.Future[None] | None = None
+    _eviction: asyncio.Task[None] | None = None
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes waiting for the client: queued plus in the transport's buffer."""
+        return self.queued_bytes + self.transport_bytes
+
+    async def send(self, pkt: Any) -> None:
+        """Queue ``pkt`` for the client (python-engineio's ``send``), evicting the
+        connection when its pending output goes over ``max_pending_output``; a
+        packet alone in an idle connection's queue is let through whatever its size.
+        """
+        if self.evicted or not await self.check_ping_timeout():
+            return
+        # Upstream: python-engineio's per-socket queue is unbounded and never refuses.
+        size = pkt.size if type(pkt) is SizedPacket else packet_size(pkt)
+        queued = self.queued_bytes + size
+        self.queued_bytes = queued
+        self.queue.put_nowait(pkt)
+        pending = queued + self.transport_bytes
+        if pending > self.peak_pending:
+            self.peak_pending = pending
+        if pending > self.server.max_pending_output and pending != size:
+            self._evict(pending)
+
+    def _enqueue(self, pkt: Any) -> None:
+        self.queued_bytes += packet_size(pkt)
+        self.queue.put_nowait(pkt)
+
+    def _sent(self, pkt: Any) -> None:
+        self.queued_bytes -= pkt.size if type(pkt) is SizedPacket else packet_size(pkt)
+
+    async def poll(self) -> list[Any]:
+        """The queued packets for a long-poll (python-engineio's ``poll``); they
+        leave the pending output as they go into the HTTP response."""
+        packets: list[Any] = await super().poll()
+        for pkt in packets:
+            self._sent(pkt)
+        return packets
+
+    def _evict(self, pending: int) -> None:
+        self.evicted = True
+        # What is queued will never reach the client: let it go now.
+        while not self.queue.empty():
+            self.queue.get_nowait()
+            self.queue.task_done()
+        self.queued_bytes = 0
+        self.server.slow_consumer(self, pending)
+        # Held here: the event loop keeps only a weak reference to a task.
+        self._eviction = self.server.start_background_task(self._close_evicted)
+
+    async def _close_evicted(self) -> None:
+        # python-socketio hears the disconnect (every namespace socket of the
+        # connection) before this returns.
+        await self.close(wait=False, abort=True, reason=SLOW_CONSUMER)
+        if not self.upgraded:
+            # For a long-poll that is waiting, if any; no later request reaches a
+            # closed session.
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+        self.queue.put_nowait(None)  # ends the websocket writer or a waiting long-poll
+        if self._driver is not None:
+            if not self._driver.abort() and self._writer is not None:
+                # The server's send may wait for the client forever.
+                self._writer.cancel()
+            self.transport_bytes = 0
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)  # the websocket loop stops reading
 
     async def receive(self, pkt: Any) -> None:
+        if self.evicted:
+            # A client that only sends PONGs would keep the websocket loop reading.
+            raise eio_exceptions.SocketIsClosedError()
         if pkt.packet_type == eio_packet.NOOP:
             return
         await super().receive(pkt)
@@ -210,7 +333,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
                     await ws.close(_WS_PROTOCOL_ERROR if probe is not None else 1000)
                     return
                 await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-                await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the long-poll
+                self._enqueue(eio_packet.Packet(eio_packet.NOOP))  # ends the long-poll
                 upgrade = await next_frame()
             except BadFrame:
                 self.upgrading = False
@@ -229,29 +352,52 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         async def writer() -> None:
             while True:
                 try:
-                    packets = await self.poll()
+                    # python-engineio's poll: a batch counts as pending until written.
+                    packets = await AsyncSocket.poll(self)
                 except eio_exceptions.QueueEmpty:
                     break
                 if not packets:
                     break
                 try:
                     for pkt in packets:
+                        # Sampled before the frame goes in: the frame itself is
+                        # still counted in queued_bytes while its send waits.
+                        self.transport_bytes = ws.buffered()
                         await ws.send(pkt.encode())
+                        self._sent(pkt)
+                    self.transport_bytes = ws.buffered()
                 except Exception:
                     break
-            await ws.close()
+            with contextlib.suppress(Exception):
+                await ws.close()
 
         writer_task = asyncio.ensure_future(writer())
+        self._driver = ws
+        self._writer = writer_task
+        self._stop = stop = asyncio.get_running_loop().create_future()
         reason = server.reason.TRANSPORT_CLOSE
         while True:
+            # As python-engineio's wait_for, which also runs the read in a task; the
+            # stop future ends the loop when the connection is evicted.
+            reading = asyncio.ensure_future(next_frame())
             try:
-                pkt = await asyncio.wait_for(
-                    next_frame(), server.ping_interval + server.ping_timeout
+                await asyncio.wait(
+                    (reading, stop),
+                    timeout=server.ping_interval + server.ping_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
+            except asyncio.CancelledError:
+                reading.cancel()
+                break
+            if not reading.done():
+                reading.cancel()
+                break
+            try:
+                pkt = reading.result()
             except BadFrame:
                 await self._close_websocket(ws, "engineio_frame")
                 break
-            except (TimeoutError, asyncio.CancelledError):
+            except asyncio.CancelledError:
                 break
             if pkt is None:
                 break
@@ -260,7 +406,8 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
             except eio_exceptions.SocketIsClosedError:
                 break
         await self.queue.put(None)  # lets the writer finish
-        await writer_task
+        await asyncio.wait({writer_task})
+        self._driver = self._writer = self._stop = None
         await self.close(wait=False, abort=True, reason=reason)
 
     async def _close_websocket(self, ws: Any, reason: str) -> None:
@@ -282,9 +429,11 @@ class AiohttpWebSocket(_UpstreamAiohttpWebSocket):  # type: ignore[misc]
     def __init__(self, handler: Callable[..., Any], server: Any) -> None:
         super().__init__(handler, server)
         self._close_sent = False
+        self._transport: asyncio.Transport | None = None
 
     async def __call__(self, environ: dict[str, Any]) -> Any:
         request = environ["aiohttp.request"]
+        self._transport = request.transport
         # aiohttp refuses a frame of exactly max_msg_size bytes (its limit is
         # exclusive); the decompressed size is checked in wait().
         self._sock = WebSocketResponse(
@@ -313,6 +462,17 @@ class AiohttpWebSocket(_UpstreamAiohttpWebSocket):  # type: ignore[misc]
             self._close_sent = True
             await self._sock.close(code=code)
 
+    def buffered(self) -> int:
+        """Bytes the connection's transport has not yet written to the socket."""
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def abort(self) -> bool:
+        """Drop the connection without a closing handshake (the client is not reading)."""
+        if self._transport is not None:
+            self._transport.abort()
+        return True
+
 
 class AsgiWebSocket(_UpstreamAsgiWebSocket):  # type: ignore[misc]
     """python-engineio's ASGI websocket driver, closing with 1009 above ``maxPayload``
@@ -320,12 +480,30 @@ class AsgiWebSocket(_UpstreamAsgiWebSocket):  # type: ignore[misc]
 
     The ASGI server's own limit (uvicorn's ``ws_max_size``, 16 MiB by default)
     applies first when it is lower.
+
+    ASGI hides the server's write buffer. A frame whose ``send`` has not returned
+    is still counted in the socket's queued bytes (uvicorn's ``send`` waits, before
+    writing, while its transport is over the high-water mark). When ``send`` is a
+    method of an object holding an asyncio transport (uvicorn's websocket
+    protocols), that transport's buffer is counted too and an evicted connection
+    is aborted; otherwise the server's own buffer (uvicorn: up to its high-water
+    mark plus one frame) is not counted, and an evicted connection is closed as
+    the server closes a finished websocket.
     """
 
     def __init__(self, handler: Callable[..., Any], server: Any) -> None:
         super().__init__(handler, server)
         self.server = server
         self._close_sent = False
+        self._transport: Any = None
+
+    async def __call__(self, environ: dict[str, Any]) -> Any:
+        transport = getattr(getattr(environ["asgi.send"], "__self__", None), "transport", None)
+        if callable(getattr(transport, "get_write_buffer_size", None)) and callable(
+            getattr(transport, "abort", None)
+        ):
+            self._transport = transport
+        return await super().__call__(environ)
 
     async def wait(self) -> str | bytes:
         data: str | bytes = await super().wait()
@@ -340,6 +518,19 @@ class AsgiWebSocket(_UpstreamAsgiWebSocket):  # type: ignore[misc]
             # The client may be gone already.
             with contextlib.suppress(Exception):
                 await self.asgi_send({"type": "websocket.close", "code": code})
+
+    def buffered(self) -> int:
+        """Bytes the ASGI server's transport has not yet written, when it is known."""
+        transport = self._transport
+        return 0 if transport is None else int(transport.get_write_buffer_size())
+
+    def abort(self) -> bool:
+        """Drop the connection when its transport is known (and say whether it
+        could); otherwise the connection closes when the websocket handler ends."""
+        if self._transport is None:
+            return False
+        self._transport.abort()
+        return True
 
 
 def _too_big(data: str | bytes, limit: int) -> bool:
@@ -388,12 +579,17 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         websocket_compression: bool = False,
         cookie_path: str = "/",
         metrics: Metrics | None = None,
+        max_pending_output: int = 1_048_576,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.websocket_compression = websocket_compression
         self.cookie_path = cookie_path
         self.metrics = metrics
+        self.max_pending_output = max_pending_output
+        self.on_slow_consumer: Callable[[EngineSocket, int], None] | None = None
+        """Told of each connection evicted for its pending output (the socket and
+        the pending bytes), after it is counted."""
         self._binding_key = secrets.token_bytes(32)
         self._translate = self._async["translate_request"]
         driver: type[Any] | None = {"aiohttp": AiohttpWebSocket, "asgi": AsgiWebSocket}.get(
@@ -559,6 +755,13 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             )
         except eio_exceptions.QueueEmpty:
             return self._bad_request()
+
+    def slow_consumer(self, socket: EngineSocket, pending: int) -> None:
+        """Count (and report) a connection evicted for its pending output."""
+        if self.metrics is not None:
+            self.metrics.slow_consumers += 1
+        if self.on_slow_consumer is not None:
+            self.on_slow_consumer(socket, pending)
 
     def count_protocol_error(self, reason: str) -> None:
         """Count a frame or body refused for breaking the protocol."""

@@ -6,6 +6,8 @@ own interfaces.
   once and hands it to each recipient's queue in turn: no task per recipient, each
   socket's order kept (one emit is queued everywhere before the next one starts),
   closed sockets skipped. Emits with callbacks take python-socketio's own path.
+  The frames are :class:`SizedPacket`: each socket's pending-output bound counts
+  them without measuring them again.
 - :class:`RoomIndex`: python-socketio's managers find a socket's rooms by looking
   through every room of its namespace (``basic_disconnect`` copies the namespace's
   whole room table for each disconnect), so ending n sockets together costs
@@ -20,6 +22,8 @@ from typing import Any
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
+
+from ._engine import SizedPacket
 
 __all__ = ["FanOutManager", "RoomIndex"]
 
@@ -114,7 +118,7 @@ class FanOutManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
             packet.EVENT, namespace=namespace, data=[event, *args]
         ).encode()
         frames = [
-            eio_packet.Packet(eio_packet.MESSAGE, part)
+            SizedPacket(eio_packet.MESSAGE, part)
             for part in (encoded if isinstance(encoded, list) else [encoded])
         ]
         send = self.server._send_eio_packet
@@ -122,5 +126,6 @@ class FanOutManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
             if sid in skip:
                 continue
             for frame in frames:
-                # Puts the frame on the socket's queue, or skips a closed socket.
+                # Puts the frame on the socket's queue (EngineSocket.send, which
+                # applies the pending-output bound), or skips a closed socket.
                 await send(eio_sid, frame)

@@ -19,6 +19,7 @@ class Metrics:
         self.cluster_messages_dropped = 0
         self.session_binding_refused = 0
         self.sessions_refreshed = 0
+        self.slow_consumers = 0
         self.emits: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.access_denied: Counter[str] = Counter()
@@ -36,6 +37,7 @@ class Metrics:
             "cluster_messages_dropped": self.cluster_messages_dropped,
             "session_binding_refused": self.session_binding_refused,
             "sessions_refreshed": self.sessions_refreshed,
+            "slow_consumers": self.slow_consumers,
             "emits": dict(self.emits),
             "auth_failures": dict(self.auth_failures),
             "access_denied": dict(self.access_denied),

@@ -43,6 +43,12 @@ _COUNTERS = (
         "Credentials replaced in place by auth:refresh.",
         None,
     ),
+    (
+        "slow_consumers",
+        "rtg_slow_consumers",
+        "Connections disconnected for going over max_pending_output.",
+        None,
+    ),
 )
 _GAUGES = (
     ("connections_active", "rtg_connections_active", "Connected sockets."),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import socketio
 from socketio.packet import ACK, BINARY_ACK, BINARY_EVENT, CONNECT, CONNECT_ERROR, DISCONNECT, EVENT
 
-from ._engine import EngineServer
+from ._engine import EngineServer, EngineSocket
 from ._exceptions import AuthenticationFailed, AuthFailureReason
 from ._fanout import FanOutManager
 from ._identity import Handshake
@@ -105,6 +105,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         self._gateway = gateway
         self._event_tasks: set[asyncio.Task[None]] = set()
         self.transport_closed = asyncio.Event()
+        self.eio.on_slow_consumer = self._slow_consumer
 
     def _engineio_server_class(self) -> type[EngineServer]:
         return EngineServer
@@ -227,6 +228,23 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         # follows it; a polling client gets the CLOSE packet on its next request.
         socket.queue.put_nowait(None)
 
+    def _slow_consumer(self, socket: EngineSocket, pending: int) -> None:
+        # The engine.io sid names the session (polling requests carry it): the
+        # record names the namespace sockets instead.
+        sids = []
+        for namespace in list(self.manager.get_namespaces()):
+            sid = self.manager.sid_from_eio_sid(socket.sid, namespace)
+            if sid is not None:
+                sids.append(sid)
+        log(
+            logging.WARNING,
+            "slow_consumer",
+            sid=",".join(sids) or None,
+            transport="websocket" if socket.upgraded else "polling",
+            pending_bytes=pending,
+            limit=self.eio.max_pending_output,
+        )
+
     def transport_open(self, sid: str, namespace: str) -> bool:
         """Whether socket ``sid``'s engine.io connection is still open."""
         try:
@@ -274,6 +292,7 @@ def build_server(
         websocket_compression=config.websocket_compression,
         cookie_path=config.path,
         metrics=gateway.metrics,
+        max_pending_output=config.max_pending_output,
     )
     for namespace in gateway.namespaces.values():
         server.register_namespace(namespace)

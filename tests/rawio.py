@@ -14,6 +14,10 @@ Received engine.io packets are text (``"4..."``, ``"1"``, ...) or bytes (a binar
 message; polling's ``b<base64>`` is decoded). Server PINGs are answered with PONGs in
 the background. ``recv`` and ``next_sio`` raise :class:`TimeoutError` when nothing
 arrives in time and return ``None`` once the server has closed the session.
+
+A slow consumer: ``RawSession.open(url, receive_buffer=4096)`` keeps the client's
+kernel receive buffer small, and :meth:`RawSession.stop_reading` stops taking what
+the server sends (the session can still send, PONGs included).
 """
 
 # ruff: noqa: ASYNC109 (a timeout argument per call keeps the tests short to read)
@@ -25,7 +29,8 @@ import base64
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -151,15 +156,20 @@ class RawSession:
         headers: dict[str, str] | None = None,
         cookies: bool = True,
         compress: int = 0,
+        receive_buffer: int | None = None,
     ) -> AsyncIterator[RawSession]:
         """Open an engine.io session on the server at ``url`` (``http://host:port``).
 
         ``cookies=False`` keeps no cookie at all (a client without a cookie jar);
-        ``compress=15`` offers permessage-deflate on websockets."""
+        ``compress=15`` offers permessage-deflate on websockets; ``receive_buffer``
+        sets the client sockets' ``SO_RCVBUF`` (bytes)."""
         jar: aiohttp.abc.AbstractCookieJar = (
             aiohttp.CookieJar(unsafe=True) if cookies else aiohttp.DummyCookieJar()
         )
-        http = aiohttp.ClientSession(cookie_jar=jar, headers=headers)
+        connector = None
+        if receive_buffer is not None:
+            connector = aiohttp.TCPConnector(socket_factory=_small_receive_buffer(receive_buffer))
+        http = aiohttp.ClientSession(cookie_jar=jar, headers=headers, connector=connector)
         session = cls(http, url, transport, path)
         session.compress = compress
         try:
@@ -278,6 +288,15 @@ class RawSession:
         self.ws = ws
         self.transport = "websocket"
         self._reader = asyncio.create_task(self._read_websocket())
+
+    async def stop_reading(self) -> None:
+        """Stop taking what the server sends: the websocket is no longer read (the
+        client's buffers fill, then TCP holds the server back), or no long-poll is
+        made any more (one already waiting is dropped)."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
 
     @property
     def closed(self) -> bool:
@@ -399,6 +418,17 @@ class RawSession:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+
+
+def _small_receive_buffer(size: int) -> Callable[[Any], socket.socket]:
+    def make(addr_info: Any) -> socket.socket:
+        family, kind, proto = addr_info[:3]
+        sock = socket.socket(family, kind, proto)
+        # Before connecting, so that the window the client offers stays small.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        return sock
+
+    return make
 
 
 def _decode_polled(part: str) -> Frame:

@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert config.max_event_size <= config.max_payload_size
     assert config.rate_limit is not None
     assert config.rate_limit > 0
+    assert config.max_pending_output == 1_048_576
 
 
 def test_config_is_frozen() -> None:
@@ -84,6 +85,7 @@ NUMERIC_FIELDS = (
     "max_event_size",
     "rate_limit",
     "rate_burst",
+    "max_pending_output",
 )
 
 BAD_FIELDS: list[tuple[str, object]] = [
@@ -100,6 +102,8 @@ BAD_FIELDS: list[tuple[str, object]] = [
     ("max_payload_size", 1.5),
     ("max_event_size", 100.0),
     ("rate_burst", 2.5),
+    ("max_pending_output", 65536.0),
+    ("max_pending_output", None),
     ("path", "socket.io"),
     ("path", "/"),
     ("path", ""),

@@ -211,6 +211,10 @@ class Gateway:
         could not be heard leaving. ``started`` gets the URL once the server
         listens. Requests are logged without credentials: a
         :class:`RedactingAccessLogger`, and no request bytes in bad-request errors.
+        It returns within ``shutdown_grace`` plus at most 7 s (the gateway's own
+        steps, then 1 s twice for request handlers still running, which are then
+        cancelled) and the host's ``on_shutdown`` / ``on_cleanup`` hooks, whatever
+        clients do (one that stops reading or half-closes its connection included).
         """
         await serve_aiohttp(self, app, host=host, port=port, started=started, stop=stop)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from ._log import suppressed_total
+
 __all__ = ["Metrics"]
 
 
@@ -36,6 +38,7 @@ class Metrics:
             "cluster_messages_dropped": self.cluster_messages_dropped,
             "session_binding_refused": self.session_binding_refused,
             "sessions_refreshed": self.sessions_refreshed,
+            "log_records_suppressed": suppressed_total(),
             "emits": dict(self.emits),
             "auth_failures": dict(self.auth_failures),
             "access_denied": dict(self.access_denied),

@@ -43,6 +43,12 @@ _COUNTERS = (
         "Credentials replaced in place by auth:refresh.",
         None,
     ),
+    (
+        "log_records_suppressed",
+        "rtg_log_records_suppressed",
+        "Log records left out by the repeat limit (process-wide).",
+        None,
+    ),
 )
 _GAUGES = (
     ("connections_active", "rtg_connections_active", "Connected sockets."),

@@ -170,7 +170,10 @@ class GatewayConfig:
     ``redis_prefix`` names its keys and channel, ``cluster_ttl`` is how long a
     silent process stays in the others' view (each refreshes every third of it),
     and ``cluster_key`` signs the messages between processes (by default the
-    newest key of a :class:`SignedTokenAuthenticator`).
+    newest key of a :class:`SignedTokenAuthenticator`). Each process publishes a
+    canary every ``cluster_canary_interval`` seconds; one that has not heard its own
+    for three intervals is deaf to the cluster, and ``/health`` answers 503
+    ``degraded`` until it hears it again.
     """
 
     allowed_origins: tuple[str, ...] | None = attrs.field(
@@ -205,6 +208,7 @@ class GatewayConfig:
     redis_prefix: str = attrs.field(default="rtg", validator=_valid_prefix)
     cluster_ttl: float = attrs.field(default=15.0, validator=_positive)
     cluster_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
+    cluster_canary_interval: float = attrs.field(default=2.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.max_event_size > self.max_payload_size:

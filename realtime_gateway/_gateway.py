@@ -408,6 +408,12 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------
 
     @property
+    def degraded(self) -> bool:
+        """True while this process does not hear the cluster: its own canary has
+        not come back over Redis for three ``cluster_canary_interval`` periods."""
+        return self._cluster is not None and self._cluster.bus_deaf()
+
+    @property
     def state(self) -> str:
         """``"not_mounted"``, ``"running"``, ``"draining"`` (shutting down) or ``"stopped"``."""
         return "not_mounted" if self._server is None else self._lifecycle.state

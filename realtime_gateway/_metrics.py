@@ -19,6 +19,8 @@ class Metrics:
         self.reconnections = 0
         self.audit_failures = 0
         self.cluster_messages_dropped = 0
+        self.cluster_bus_deaf = 0
+        self.cluster_bus_deafened = 0
         self.session_binding_refused = 0
         self.sessions_refreshed = 0
         self.emits: Counter[str] = Counter()
@@ -36,6 +38,8 @@ class Metrics:
             "reconnections": self.reconnections,
             "audit_failures": self.audit_failures,
             "cluster_messages_dropped": self.cluster_messages_dropped,
+            "cluster_bus_deaf": self.cluster_bus_deaf,
+            "cluster_bus_deafened": self.cluster_bus_deafened,
             "session_binding_refused": self.session_binding_refused,
             "sessions_refreshed": self.sessions_refreshed,
             "log_records_suppressed": suppressed_total(),

@@ -62,10 +62,10 @@ async def health_becomes(cluster: Cluster, node: Node, status: str) -> dict[str,
             await asyncio.sleep(0.05)
 
 
-async def subscriptions_of(redis: aioredis.Redis, node: Node) -> list[int]:
+async def subscriptions_of(redis: aioredis.Redis, node: Node) -> list[str]:
     """The ids of ``node``'s pub/sub connections (its bus client is named after it)."""
     found = await redis.client_list(_type="pubsub")
-    return [int(client["id"]) for client in found if client["name"].endswith(f":bus:{node.name}")]
+    return [str(client["id"]) for client in found if client["name"].endswith(f":bus:{node.name}")]
 
 
 async def test_a_process_that_cannot_hear_the_bus_reports_degraded_and_recovers(
@@ -75,7 +75,7 @@ async def test_a_process_that_cannot_hear_the_bus_reports_degraded_and_recovers(
     for node in (cluster.a, cluster.b):
         assert await status_of(cluster, node) == (200, "ok")
     redis = aioredis.Redis.from_url(cluster.redis.url)
-    limit = (await redis.config_get("maxclients"))["maxclients"]
+    limit = str((await redis.config_get("maxclients"))["maxclients"])
     try:
         [subscription] = await subscriptions_of(redis, cluster.a)
         connected = int((await redis.info("clients"))["connected_clients"])

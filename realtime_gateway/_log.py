@@ -17,7 +17,7 @@ unquoted; numbers and booleans stay as they are.
 
 Records at WARNING and above are rate limited per kind (``what``), process-wide, as
 clients can trigger many of them (``auth_failed`` for each refused handshake): the
-first :data:`limit <set_log_limit>` of a kind in an interval are written, the rest
+first ``limit`` of a kind in an interval are written, the rest
 are counted, and when the interval ends one ``log_suppressed kind=<what>
 suppressed=<n>`` record says how many were left out (see :func:`set_log_limit`).
 """

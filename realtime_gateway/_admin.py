@@ -255,6 +255,8 @@ class AdminAPI:
         state = gateway.state
         running = state == "running"
         users = await gateway.registry.users() if state != "not_mounted" else frozenset()
+        if running and gateway.degraded:
+            running, state = False, "degraded"
         return AdminResponse(
             200 if running else 503,
             {

@@ -8,6 +8,10 @@
   dropped and counted), that carries the gateway's own control messages
   (reauthorization), and that survives Redis going away: local delivery goes on,
   the outage is logged once, and publishing resumes, with backoff, when Redis is back.
+  Every ``cluster_canary_interval`` it publishes a canary and listens for it: a
+  process that has not heard its own for three intervals is deaf to the cluster
+  (its listener died, or its subscription is gone), which :meth:`Cluster.bus_deaf`
+  reports (``/health`` answers 503 ``degraded``) until the canary is heard again.
 - :class:`RedisRegistry`, the :class:`Registry` whose view is the whole cluster.
   Each process keeps its own sockets in a :class:`MemoryRegistry` and mirrors them
   to Redis; a heartbeat every ``cluster_ttl / 3`` seconds refreshes and
@@ -54,6 +58,7 @@ __all__ = [
 ]
 
 CLUSTER_SALT = "realtime_gateway.cluster"
+DEAF_AFTER = 3  # canary intervals without this process's own canary
 _SEP = "\x1f"  # joins namespace, room and user in one hash field; never in a name
 
 Control = Callable[[dict[str, Any]], Awaitable[None]]
@@ -131,6 +136,10 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         self._control = control
         self._outage = Outage("publish")
         self._listen_outage = Outage("subscribe")
+        self._canaries_sent = 0
+        self._canary_heard = 0
+        self.heard_at = time.monotonic()
+        """When this process last heard its own canary (``time.monotonic()``)."""
 
     def _encode(self, data: Mapping[str, Any]) -> str:
         if self._signer is None:
@@ -173,6 +182,20 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         be sent (Redis is unreachable)."""
         return await self._publish({**data, "rtg": True, "host_id": self.host_id}) is not None
 
+    async def send_canary(self) -> None:
+        """Publish the next canary, which only this process takes as its own."""
+        self._canaries_sent += 1
+        await self._publish(
+            {"rtg": True, "op": "canary", "host_id": self.host_id, "n": self._canaries_sent}
+        )
+
+    def _heard_canary(self, data: Mapping[str, Any]) -> None:
+        number = data.get("n")
+        # A replayed (older) canary proves nothing about the subscription now.
+        if isinstance(number, int) and self._canary_heard < number <= self._canaries_sent:
+            self._canary_heard = number
+            self.heard_at = time.monotonic()
+
     async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
         subscribed = False
         while True:
@@ -187,6 +210,9 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
                         await self._run_control({"op": "resubscribed"})
                 async for message in self.pubsub.listen():
                     yield message
+                # listen() ends when the client thinks it holds no subscription;
+                # going round at once would spin without ever yielding.
+                raise ConnectionError("the subscription ended")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -204,7 +230,11 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
                 self._dropped()
                 continue
             if data.get("rtg"):
-                if data.get("host_id") != self.host_id:
+                own = data.get("host_id") == self.host_id
+                if data.get("op") == "canary":
+                    if own:  # the others' canaries are theirs to hear
+                        self._heard_canary(data)
+                elif not own:
                     await self._run_control(data)
                 continue
             yield data
@@ -670,6 +700,8 @@ class Cluster:
         self._metrics = metrics
         self._stats = stats
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._canary_task: asyncio.Task[None] | None = None
+        self._deaf = False
         # One retry on a dropped connection: after a Redis restart the first command
         # on each pooled connection fails although Redis is back.
         options: dict[str, Any] = {
@@ -677,13 +709,15 @@ class Cluster:
             "retry": Retry(NoBackoff(), 1),
             "retry_on_error": [RedisConnectionError],
         }
+        process = process_id()
         self.manager = ClusterManager(
             config.redis_url,
             channel=config.redis_prefix,
             signer=URLSafeSerializer(list(keys), salt=CLUSTER_SALT),
             dropped=self._dropped,
             control=control,
-            redis_options=options,
+            # Named, so that CLIENT LIST tells which process a subscription is.
+            redis_options={**options, "client_name": f"{config.redis_prefix}:bus:{process}"},
         )
         client = aioredis.Redis.from_url(config.redis_url, socket_timeout=5, **options)
         self.registry = RedisRegistry(
@@ -691,6 +725,7 @@ class Cluster:
             prefix=config.redis_prefix,
             ttl=config.cluster_ttl,
             reconnect_window=config.reconnect_window,
+            process=process,
         )
         self.registry.on_swept(swept)
 
@@ -734,6 +769,35 @@ class Cluster:
             # process must hear the others from the start.
             server.manager_initialized = True
             server.manager.initialize()
+        if server is not None and server.manager is self.manager:
+            self.manager.heard_at = time.monotonic()
+            self._canary_task = asyncio.create_task(self._canary())
+
+    async def _canary(self) -> None:
+        while True:
+            try:
+                await self.manager.send_canary()
+            except Exception as exc:
+                log(logging.ERROR, "canary_failed", error=type(exc).__name__)
+            await asyncio.sleep(self.config.cluster_canary_interval)
+            self.bus_deaf()
+
+    def bus_deaf(self) -> bool:
+        """Whether this process has gone ``DEAF_AFTER`` canary intervals without
+        hearing its own canary; the change either way is counted and logged."""
+        if self._canary_task is None:
+            return False
+        silent = time.monotonic() - self.manager.heard_at
+        deaf = silent > DEAF_AFTER * self.config.cluster_canary_interval
+        if deaf != self._deaf:
+            self._deaf = deaf
+            self._metrics.cluster_bus_deaf = int(deaf)
+            if deaf:
+                self._metrics.cluster_bus_deafened += 1
+                log(logging.WARNING, "cluster_bus_deaf", silent_s=round(silent, 1))
+            else:
+                log(logging.WARNING, "cluster_bus_heard")
+        return deaf
 
     async def _heartbeat(self) -> None:
         while True:
@@ -771,10 +835,12 @@ class Cluster:
 
     async def close(self) -> None:
         """Leave: stop the heartbeat and the listener, close both Redis clients."""
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
+        for task in (self._heartbeat_task, self._canary_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._canary_task = None
         if getattr(self.manager, "thread", None) is not None:
             self.manager.thread.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -111,6 +111,11 @@ def _valid_prefix(instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
         raise ConfigurationError(attribute.name, "must be a non-empty name without spaces")
 
 
+def _optional_positive_int(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _positive_int(instance, attribute, value)
+
+
 def _optional_positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _positive(instance, attribute, value)
@@ -160,12 +165,20 @@ class GatewayConfig:
     whose ``max_age`` is used otherwise).
     ``log_key``: the key of the user pseudonyms in log records (default: a random
     key per process); set it to correlate records across processes and restarts.
+    ``log_repeat_limit``: at most this many records of one kind (``what``) at
+    WARNING or above are written per ``log_repeat_interval`` seconds; the rest are
+    counted (``log_records_suppressed``) and summed up in one ``log_suppressed``
+    record when the interval ends (``None``: no limit). Like ``log_key`` this holds
+    for the whole process: the gateway built last sets it.
 
     ``redis_url`` makes several gateway processes one (see :class:`ClusterManager`):
     ``redis_prefix`` names its keys and channel, ``cluster_ttl`` is how long a
     silent process stays in the others' view (each refreshes every third of it),
     and ``cluster_key`` signs the messages between processes (by default the
-    newest key of a :class:`SignedTokenAuthenticator`).
+    newest key of a :class:`SignedTokenAuthenticator`). Each process publishes a
+    canary every ``cluster_canary_interval`` seconds; one that has not heard its own
+    for three intervals is deaf to the cluster, and ``/health`` answers 503
+    ``degraded`` until it hears it again.
     """
 
     allowed_origins: tuple[str, ...] | None = attrs.field(
@@ -195,10 +208,13 @@ class GatewayConfig:
     idle_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
     revocation_ttl: float = attrs.field(default=86_400.0, validator=_positive)
     log_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
+    log_repeat_limit: int | None = attrs.field(default=20, validator=_optional_positive_int)
+    log_repeat_interval: float = attrs.field(default=10.0, validator=_positive)
     redis_url: str | None = attrs.field(default=None, repr=False, validator=_optional_redis_url)
     redis_prefix: str = attrs.field(default="rtg", validator=_valid_prefix)
     cluster_ttl: float = attrs.field(default=15.0, validator=_positive)
     cluster_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
+    cluster_canary_interval: float = attrs.field(default=2.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.max_event_size > self.max_payload_size:

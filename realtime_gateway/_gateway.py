@@ -19,6 +19,7 @@ from ._authz import NO_RULE, REQUIREMENT_NOT_MET, Authorizer
 from ._cluster import Cluster
 from ._config import GatewayConfig
 from ._connection import Connection
+from ._denials import log_denial
 from ._exceptions import (
     AuthenticationFailed,
     AuthFailureReason,
@@ -31,7 +32,7 @@ from ._exceptions import (
 )
 from ._identity import Handshake, Identity
 from ._live import LiveConnections
-from ._log import log, set_log_key
+from ._log import log, set_log_key, set_log_limit
 from ._metrics import Metrics
 from ._mount import ASGIApp
 from ._mount import asgi_app as mount_asgi
@@ -142,6 +143,7 @@ class Gateway:
         self._lifecycle = Lifecycle()
         if self.config.log_key is not None:
             set_log_key(self.config.log_key)
+        set_log_limit(self.config.log_repeat_limit, self.config.log_repeat_interval)
         self._origins = OriginPolicy(self.config.allowed_origins)
         self._namespaces: dict[str, GatewayNamespace] = {}
         self._live = LiveConnections(self.registry, self.metrics)
@@ -211,6 +213,10 @@ class Gateway:
         could not be heard leaving. ``started`` gets the URL once the server
         listens. Requests are logged without credentials: a
         :class:`RedactingAccessLogger`, and no request bytes in bad-request errors.
+        It returns within ``shutdown_grace`` plus at most 7 s (the gateway's own
+        steps, then 1 s twice for request handlers still running, which are then
+        cancelled) and the host's ``on_shutdown`` / ``on_cleanup`` hooks, whatever
+        clients do (one that stops reading or half-closes its connection included).
         """
         await serve_aiohttp(self, app, host=host, port=port, started=started, stop=stop)
 
@@ -400,6 +406,12 @@ class Gateway:
         return await self._live.remove(sid, reason=reason, departed=departed)
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def degraded(self) -> bool:
+        """True while this process does not hear the cluster: its own canary has
+        not come back over Redis for three ``cluster_canary_interval`` periods."""
+        return self._cluster is not None and self._cluster.bus_deaf()
 
     @property
     def state(self) -> str:
@@ -620,15 +632,8 @@ def _count_denial(
     metrics: Metrics, identity: Identity, action: str, target: str, reason: str
 ) -> None:
     metrics.access_denied[action] += 1
-    log(
-        logging.INFO,
-        "access_denied",
-        user=identity.user_id,
-        action=action,
-        target=target,
-        # An application's reasons are free text that may name things.
-        reason=reason if reason in _LIBRARY_REASONS else "application",
-    )
+    # An application's reasons are free text that may name things.
+    log_denial(identity, action, target, reason if reason in _LIBRARY_REASONS else "application")
 
 
 def _check_plug_ins(

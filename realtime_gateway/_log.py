@@ -14,17 +14,33 @@ Values can come from the client (a remote address, a reason), so each is written
 quoted when it holds a space, ``=`` or ``"``: a value can neither start a record of its
 own nor pass for another ``key=value`` field. ``record.rtg`` holds the escaped values,
 unquoted; numbers and booleans stay as they are.
+
+Records at WARNING and above are rate limited per kind (``what``), process-wide, as
+clients can trigger many of them (``auth_failed`` for each refused handshake): the
+first ``limit`` of a kind in an interval are written, the rest
+are counted, and when the interval ends one ``log_suppressed kind=<what>
+suppressed=<n>`` record says how many were left out (see :func:`set_log_limit`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import secrets
+import time
 from typing import Any
 
-__all__ = ["escape", "log", "pseudonym", "redact_room", "set_log_key"]
+__all__ = [
+    "escape",
+    "log",
+    "pseudonym",
+    "redact_room",
+    "set_log_key",
+    "set_log_limit",
+    "suppressed_total",
+]
 
 logger = logging.getLogger("realtime_gateway")
 
@@ -86,11 +102,95 @@ def _quoted(text: str) -> str:
     return text
 
 
+class _Window:
+    """The records of one kind in the current interval."""
+
+    __slots__ = ("count", "level", "start", "suppressed")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.count = 1
+        self.suppressed = 0
+        self.level = logging.WARNING
+
+
+_limit: int | None = 20
+_interval = 10.0
+_windows: dict[str, _Window] = {}
+_suppressed_total = 0
+
+
+def set_log_limit(limit: int | None, interval: float) -> None:
+    """Write at most ``limit`` records of one kind at WARNING or above per
+    ``interval`` seconds in this process (``None``: no limit), and start counting
+    afresh. :class:`Gateway` calls it with ``GatewayConfig.log_repeat_limit`` and
+    ``log_repeat_interval``."""
+    global _limit, _interval
+    _limit, _interval = limit, interval
+    _windows.clear()
+
+
+def suppressed_total() -> int:
+    """How many records the limit has left out in this process."""
+    return _suppressed_total
+
+
+def _suppressed(level: int, what: str) -> bool:
+    """Whether this record is one too many of its kind; counts it either way."""
+    global _suppressed_total
+    now = time.monotonic()
+    window = _windows.get(what)
+    if window is None or now - window.start >= _interval:
+        if window is not None:
+            _summarize(what, window)
+        _windows[what] = _Window(now)
+        return False
+    window.count += 1
+    if window.count <= (_limit or 0):
+        return False
+    window.suppressed += 1
+    window.level = max(window.level, level)
+    _suppressed_total += 1
+    if window.suppressed == 1:
+        # Say so when the interval ends even if no record of this kind comes after.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # then the next record of this kind says so
+        else:
+            loop.call_later(window.start + _interval - now, _end_window, what, window)
+    return True
+
+
+def _end_window(what: str, window: _Window) -> None:
+    if _windows.get(what) is window:
+        del _windows[what]
+        _summarize(what, window)
+
+
+def _summarize(what: str, window: _Window) -> None:
+    if window.suppressed:
+        suppressed, window.suppressed = window.suppressed, 0
+        _write(
+            window.level,
+            "log_suppressed",
+            {"kind": what, "suppressed": suppressed, "interval_s": _interval},
+        )
+
+
+def _write(level: int, what: str, context: dict[str, Any]) -> None:
+    text = " ".join(f"{key}={_quoted(str(value))}" for key, value in context.items())
+    logger.log(level, "%s %s", what, text, extra={"rtg": {"what": what, **context}})
+
+
 def log(level: int, what: str, /, **fields: Any) -> None:
-    """Log ``what`` happened with key/value ``fields`` (``None`` values are left out)."""
+    """Log ``what`` happened with key/value ``fields`` (``None`` values are left out);
+    at WARNING and above, within the limit of :func:`set_log_limit`."""
     if not logger.isEnabledFor(level):
         return
     what = escape(what)
+    if level >= logging.WARNING and _limit is not None and _suppressed(level, what):
+        return
     context: dict[str, Any] = {}
     for key, value in fields.items():
         if value is None:
@@ -101,5 +201,4 @@ def log(level: int, what: str, /, **fields: Any) -> None:
         if not isinstance(value, int | float):  # bool is an int
             value = escape(str(value))
         context[key] = value
-    text = " ".join(f"{key}={_quoted(str(value))}" for key, value in context.items())
-    logger.log(level, "%s %s", what, text, extra={"rtg": {"what": what, **context}})
+    _write(level, what, context)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from ._log import suppressed_total
+
 __all__ = ["Metrics"]
 
 
@@ -17,6 +19,8 @@ class Metrics:
         self.reconnections = 0
         self.audit_failures = 0
         self.cluster_messages_dropped = 0
+        self.cluster_bus_deaf = 0
+        self.cluster_bus_deafened = 0
         self.session_binding_refused = 0
         self.sessions_refreshed = 0
         self.slow_consumers = 0
@@ -35,9 +39,12 @@ class Metrics:
             "reconnections": self.reconnections,
             "audit_failures": self.audit_failures,
             "cluster_messages_dropped": self.cluster_messages_dropped,
+            "cluster_bus_deaf": self.cluster_bus_deaf,
+            "cluster_bus_deafened": self.cluster_bus_deafened,
             "session_binding_refused": self.session_binding_refused,
             "sessions_refreshed": self.sessions_refreshed,
             "slow_consumers": self.slow_consumers,
+            "log_records_suppressed": suppressed_total(),
             "emits": dict(self.emits),
             "auth_failures": dict(self.auth_failures),
             "access_denied": dict(self.access_denied),

@@ -8,6 +8,7 @@ start and graceful shutdown into each framework's lifecycle.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -17,11 +18,20 @@ from aiohttp import web
 
 from ._accesslog import RedactingAccessLogger, request_error_logger
 from ._exceptions import ConfigurationError
+from ._log import log
 
 if TYPE_CHECKING:
     from ._gateway import Gateway
 
 __all__ = ["ASGIApp", "asgi_app", "attach", "run_aiohttp"]
+
+# How long aiohttp's own shutdown waits for request handlers still running once the
+# gateway has drained (the grace period is over by then) before cancelling them, and
+# again for the cancelled ones; aiohttp's default (60 s each) lets a client that
+# stops reading hold the process for minutes.
+_HANDLER_WAIT = 1.0
+# How long past the grace period the gateway's own shutdown may take in run_aiohttp.
+_DRAIN_MARGIN = 5.0
 
 ASGIApp = Any  # an ASGI application callable; kept loose to avoid an ASGI typing dependency
 
@@ -52,9 +62,13 @@ async def run_aiohttp(
     stop: asyncio.Event | None,
 ) -> None:
     """Serve ``app`` until SIGINT, SIGTERM or ``stop``, shutting ``gateway`` down
-    before aiohttp's own shutdown (see :meth:`Gateway.run_aiohttp`)."""
+    before aiohttp's own shutdown (see :meth:`Gateway.run_aiohttp`), each bounded
+    so that no client can keep the process alive."""
     runner = web.AppRunner(
-        app, access_log_class=RedactingAccessLogger, logger=request_error_logger()
+        app,
+        access_log_class=RedactingAccessLogger,
+        logger=request_error_logger(),
+        shutdown_timeout=_HANDLER_WAIT,
     )
     await runner.setup()
     loop = asyncio.get_running_loop()
@@ -70,7 +84,11 @@ async def run_aiohttp(
                 loop.add_signal_handler(signum, stop.set)
                 signals.append(signum)
         await stop.wait()
-        await gateway.shutdown()
+        bound = gateway.config.shutdown_grace + _DRAIN_MARGIN
+        try:
+            await asyncio.wait_for(gateway.shutdown(), bound)
+        except TimeoutError:
+            log(logging.WARNING, "shutdown_overran", bound_s=bound)
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)

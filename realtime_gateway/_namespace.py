@@ -22,6 +22,7 @@ import socketio
 
 from ._clock import iso_timestamp
 from ._connection import Connection
+from ._denials import DenialSummary
 from ._exceptions import (
     AuthenticationFailed,
     GatewayError,
@@ -435,7 +436,8 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             if encoded_size(payload) > limit:
                 raise InvalidPayload(f"Payload too large (limit {limit} bytes)")
             value = parse_payload(spec.payload, payload)
-            result = await handler(conn, value)
+            with DenialSummary(conn.identity):
+                result = await handler(conn, value)
             return success(result)
         except GatewayError as exc:
             metrics.events_refused[exc.code] += 1

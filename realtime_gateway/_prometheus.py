@@ -49,10 +49,27 @@ _COUNTERS = (
         "Connections disconnected for going over max_pending_output.",
         None,
     ),
+    (
+        "cluster_bus_deafened",
+        "rtg_cluster_bus_deafened",
+        "Times this process stopped hearing its own canary on the cluster bus.",
+        None,
+    ),
+    (
+        "log_records_suppressed",
+        "rtg_log_records_suppressed",
+        "Log records left out by the repeat limit (process-wide).",
+        None,
+    ),
 )
 _GAUGES = (
     ("connections_active", "rtg_connections_active", "Connected sockets."),
     ("users_connected", "rtg_users_connected", "Users with at least one connected socket."),
+    (
+        "cluster_bus_deaf",
+        "rtg_cluster_bus_deaf",
+        "1 while this process does not hear its own canary on the cluster bus.",
+    ),
 )
 
 

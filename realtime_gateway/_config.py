@@ -131,8 +131,8 @@ class GatewayConfig:
     ``max_nesting_depth`` bounds how deep arrays and objects may nest in anything
     the gateway decodes (socket.io packets and admin API bodies; an event's data
     counts one level for its argument list). ``max_attachments`` bounds the binary
-    attachments of one packet (socket.io's own cap is 10); their bytes count
-    against ``max_event_size``.
+    attachments of one packet (socket.io's own cap is 10); while a packet waits
+    for them, its text and attachments count against ``max_event_size``.
     ``rate_limit`` is the sustained events per second one connection may send, with
     bursts up to ``rate_burst``; ``None`` turns the limit off.
 

@@ -138,7 +138,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         try:
             pending = self._binary_packet.get(eio_sid)
             if pending is not None:
-                if pending.take_attachment(data, self._attachment_budget(pending.namespace)):
+                if pending.take_attachment(data):
                     del self._binary_packet[eio_sid]
                     await self._handle_packet(eio_sid, pending)
                 return
@@ -146,6 +146,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             if pkt.packet_type in (BINARY_EVENT, BINARY_ACK) and not pkt.malformed:
                 if self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/") is None:
                     raise ProtocolViolation("binary packet outside a namespace")
+                pkt.hold(data, self._attachment_budget(pkt.namespace))
                 self._binary_packet[eio_sid] = pkt
                 return
             await self._handle_packet(eio_sid, pkt)

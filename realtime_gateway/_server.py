@@ -121,16 +121,24 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
-        # The client now has its CONNECT packet: events emitted from here on reach it.
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            await self._refused_connect(eio_sid)
+            return
+        self.eio.session_joined(eio_sid)
+        # The client now has its CONNECT packet: events emitted from here on reach it.
         handler = self.namespace_handlers.get(namespace)
-        if (
-            sid is not None
-            and isinstance(handler, GatewayNamespace)
-            and self.manager.is_connected(sid, namespace)
-        ):
+        if isinstance(handler, GatewayNamespace):
             await handler._ready(sid)
+
+    async def _refused_connect(self, eio_sid: str) -> None:
+        """After a CONNECT_ERROR: a client with no other namespace has nothing left
+        to do on its transport (the official client closes it itself), so it is
+        closed now rather than at ``connect_timeout``; the CONNECT_ERROR goes first."""
+        if eio_sid in self.environ and not self._joined_any(eio_sid):
+            log(logging.INFO, "refused_connect_closed")
+            await self._close_transport(eio_sid)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         if eio_sid not in self.environ:
@@ -180,6 +188,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         await self._send_packet(
             eio_sid, self.packet_class(CONNECT_ERROR, data=error, namespace=namespace)
         )
+        await self._refused_connect(eio_sid)
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: Any, data: Any) -> None:
         namespace = namespace or "/"
@@ -220,6 +229,9 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         self._gateway.metrics.protocol_errors[reason] += 1
         log(logging.WARNING, "protocol_error", reason=reason)
         self._binary_packet.pop(eio_sid, None)
+        await self._close_transport(eio_sid)
+
+    async def _close_transport(self, eio_sid: str) -> None:
         socket = self.eio.sockets.get(eio_sid)
         if socket is None or socket.closed:
             return
@@ -236,12 +248,16 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             return False
         return eio_sid is not None and eio_sid in self.environ
 
+    def _joined_any(self, eio_sid: str) -> bool:
+        """Whether the client has a namespace joined or being admitted."""
+        return any(
+            self.manager.sid_from_eio_sid(eio_sid, namespace) is not None
+            for namespace in list(self.manager.get_namespaces())
+        )
+
     def _check_joined(self, eio_sid: str) -> None:
-        if eio_sid not in self.environ:
+        if eio_sid not in self.environ or self._joined_any(eio_sid):
             return
-        for namespace in list(self.manager.get_namespaces()):
-            if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
-                return
         log(logging.INFO, "connect_timeout")
         self.start_background_task(self.eio.disconnect, eio_sid)
 
@@ -275,6 +291,10 @@ def build_server(
         websocket_compression=config.websocket_compression,
         cookie_path=config.path,
         metrics=gateway.metrics,
+        handshake_rate=config.handshake_rate,
+        handshake_burst=config.handshake_burst,
+        trusted_proxy_header=config.trusted_proxy_header,
+        max_pending_sessions=config.max_pending_sessions,
     )
     for namespace in gateway.namespaces.values():
         server.register_namespace(namespace)

@@ -54,7 +54,7 @@ def bucket_key(address: str | None) -> str:
     if isinstance(parsed, ipaddress.IPv6Address):
         if parsed.ipv4_mapped is not None:
             return str(parsed.ipv4_mapped)
-        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+        return f"{int(parsed) >> 64:x}::/64"
     return str(parsed)
 
 

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["GatewayServer", "OriginPolicy", "UpstreamLog", "build_server"]
 
+_REFUSED_CLOSE_DELAY = 0.1
+"""Seconds a transport left with no namespace by a refused CONNECT stays open."""
+
 
 class OriginPolicy:
     """Which browser origins may reach the gateway.
@@ -135,10 +138,21 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _refused_connect(self, eio_sid: str) -> None:
         """After a CONNECT_ERROR: a client with no other namespace has nothing left
         to do on its transport (the official client closes it itself), so it is
-        closed now rather than at ``connect_timeout``; the CONNECT_ERROR goes first."""
+        closed within ``_REFUSED_CLOSE_DELAY`` rather than at ``connect_timeout``;
+        the CONNECT_ERROR goes first."""
+        if eio_sid in self.environ and not self._joined_any(eio_sid):
+            # A client opening several namespaces sends their CONNECTs together and
+            # python-socketio reads them one at a time: the next one may already be
+            # here, unread. Closing at once would cut it off (the official client
+            # then reconnects a second later).
+            asyncio.get_running_loop().call_later(
+                _REFUSED_CLOSE_DELAY, self._close_if_alone, eio_sid
+            )
+
+    def _close_if_alone(self, eio_sid: str) -> None:
         if eio_sid in self.environ and not self._joined_any(eio_sid):
             log(logging.INFO, "refused_connect_closed")
-            await self._close_transport(eio_sid)
+            self.start_background_task(self._close_transport, eio_sid)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         if eio_sid not in self.environ:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -116,6 +117,16 @@ def _optional_positive_int(instance: Any, attribute: attrs.Attribute[Any], value
         _positive_int(instance, attribute, value)
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def _optional_header(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not _HEADER_NAME.fullmatch(value)):
+        raise ConfigurationError(
+            attribute.name, f"must be a header name such as 'X-Forwarded-For', got {value!r}"
+        )
+
+
 def _optional_positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _positive(instance, attribute, value)
@@ -136,8 +147,8 @@ class GatewayConfig:
     ``max_nesting_depth`` bounds how deep arrays and objects may nest in anything
     the gateway decodes (socket.io packets and admin API bodies; an event's data
     counts one level for its argument list). ``max_attachments`` bounds the binary
-    attachments of one packet (socket.io's own cap is 10); their bytes count
-    against ``max_event_size``.
+    attachments of one packet (socket.io's own cap is 10); while a packet waits
+    for them, its text and attachments count against ``max_event_size``.
     ``rate_limit`` is the sustained events per second one connection may send, with
     bursts up to ``rate_burst``; ``None`` turns the limit off.
     ``max_pending_output`` bounds the bytes waiting for one client connection (its
@@ -150,6 +161,17 @@ class GatewayConfig:
     accepts permessage-deflate on websockets under aiohttp (off by default, as in
     Node's socket.io: deflating every frame costs more CPU than it saves on a LAN;
     under uvicorn set its own ``ws_per_message_deflate``).
+
+    ``handshake_rate`` (default 20/s, ``None`` turns it off) and ``handshake_burst``
+    (100) budget the new engine.io sessions one remote address may open; past it a
+    handshake is answered 429. The address is the transport's peer; behind a proxy
+    every client has the proxy's, unless ``trusted_proxy_header`` names the header
+    the proxy sets (for example ``"X-Forwarded-For"``, whose last hop is used). Set
+    it only when every request comes through that proxy: a client can write the
+    header itself. ``max_pending_sessions`` caps the sessions of this process that
+    have not completed a socket.io CONNECT; past it a handshake is answered 503.
+    A refused namespace CONNECT closes the client's transport after its
+    ``connect_error`` unless the client has another namespace.
 
     ``max_message_length`` caps a chat message's content (characters).
     ``reconnect_window``: a user's new socket in a namespace counts as a reconnection
@@ -200,6 +222,10 @@ class GatewayConfig:
     websocket_compression: bool = attrs.field(default=False, validator=_flag)
     rate_limit: float | None = attrs.field(default=50.0, validator=_optional_positive)
     rate_burst: int = attrs.field(default=100, validator=_positive_int)
+    handshake_rate: float | None = attrs.field(default=20.0, validator=_optional_positive)
+    handshake_burst: int = attrs.field(default=100, validator=_positive_int)
+    trusted_proxy_header: str | None = attrs.field(default=None, validator=_optional_header)
+    max_pending_sessions: int = attrs.field(default=1_000, validator=_positive_int)
     max_message_length: int = attrs.field(default=4000, validator=_positive_int)
     reconnect_window: float = attrs.field(default=60.0, validator=_positive)
     shutdown_grace: float = attrs.field(default=10.0, validator=_non_negative)

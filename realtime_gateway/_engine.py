@@ -18,7 +18,15 @@ drivers, made strict where a hostile client could otherwise wedge or hijack them
     it and its session closed; each of these refusals closes the HTTP connection,
     so its unread body is never read and the connection never lingers;
   - an unknown sid is answered 400 without echoing the sid (python-engineio puts
-    it in the answer).
+    it in the answer);
+  - *handshakes* (a request without a sid) spend from a token bucket per remote
+    address (``handshake_rate``, ``handshake_burst``; see ``_handshakes``) and are
+    answered 429 past it; while ``max_pending_sessions`` sessions have not yet
+    completed a socket.io CONNECT, new ones are answered 503. Neither creates a
+    session; both are counted in ``Metrics.handshakes_refused``. Over websocket
+    the refusal is the same HTTP answer to the upgrade request (under ASGI where
+    the server offers the denial-response extension; otherwise the upgrade is
+    refused with the server's own 403).
 
 - :class:`EngineSocket` decodes frames strictly (:func:`decode_frame`): an empty,
   unknown or undecodable frame, a frame a client may not send, or invalid UTF-8
@@ -46,6 +54,8 @@ import contextlib
 import hashlib
 import hmac
 import inspect
+import logging
+import math
 import re
 import secrets
 import urllib.parse
@@ -62,6 +72,8 @@ from engineio.async_drivers.aiohttp import WebSocket as _UpstreamAiohttpWebSocke
 from engineio.async_drivers.asgi import WebSocket as _UpstreamAsgiWebSocket
 from engineio.async_socket import AsyncSocket
 
+from ._handshakes import AddressBudget, bucket_key, client_address
+from ._log import log
 from ._metrics import Metrics
 
 __all__ = [
@@ -272,6 +284,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         await super().receive(pkt)
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        self.server.session_joined(self.sid)  # no longer pending, whatever happens next
         await super().close(wait=False, abort=abort, reason=reason)
         if wait:
             # python-engineio waits for the queue to drain, forever when no long-poll
@@ -556,10 +569,18 @@ def _already_translated(translated: _Translated) -> dict[str, Any]:
 
 
 class _Refusal:
-    def __init__(self, status: str, message: str, *, close_connection: bool = False) -> None:
+    def __init__(
+        self,
+        status: str,
+        message: str,
+        *,
+        close_connection: bool = False,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.status = status
         self.message = message
         self.close_connection = close_connection
+        self.headers = headers
 
 
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
@@ -567,7 +588,9 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     gateway's socket and websocket driver classes (see the module docstring).
 
     Extra keyword arguments: ``websocket_compression`` (permessage-deflate under
-    aiohttp), ``cookie_path`` (the binding cookie's ``Path``), ``metrics``.
+    aiohttp), ``cookie_path`` (the binding cookie's ``Path``), ``metrics``,
+    ``handshake_rate`` (``None``: no per-address budget) and ``handshake_burst``,
+    ``trusted_proxy_header``, ``max_pending_sessions`` (``None``: no cap).
     """
 
     _async: dict[str, Any]
@@ -580,6 +603,10 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         cookie_path: str = "/",
         metrics: Metrics | None = None,
         max_pending_output: int = 1_048_576,
+        handshake_rate: float | None = None,
+        handshake_burst: int = 100,
+        trusted_proxy_header: str | None = None,
+        max_pending_sessions: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -590,6 +617,14 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         self.on_slow_consumer: Callable[[EngineSocket, int], None] | None = None
         """Told of each connection evicted for its pending output (the socket and
         the pending bytes), after it is counted."""
+        self.handshakes = (
+            AddressBudget(handshake_rate, handshake_burst) if handshake_rate is not None else None
+        )
+        self.trusted_proxy_header = trusted_proxy_header
+        self.max_pending_sessions = max_pending_sessions
+        self.pending: set[str] = set()
+        """Sessions that have not completed a socket.io CONNECT yet."""
+        self._refusing: set[str] = set()
         self._binding_key = secrets.token_bytes(32)
         self._translate = self._async["translate_request"]
         driver: type[Any] | None = {"aiohttp": AiohttpWebSocket, "asgi": AsgiWebSocket}.get(
@@ -619,20 +654,28 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             # ASGI: the client left before its request arrived.
             return None
         refusal = await self._screen(environ)
+        if isinstance(refusal, list):
+            return await self._make_response(self._ok(refusal), environ)
         if refusal is not None:
             return await self._refuse(refusal, environ)
         return await super().handle_request(_Translated(environ))
 
-    async def _screen(self, environ: dict[str, Any]) -> _Refusal | None:
+    async def _screen(self, environ: dict[str, Any]) -> _Refusal | list[Any] | None:
+        """A refusal, the last packets of a closed polling session, or ``None`` to
+        let python-engineio answer."""
         method = environ.get("REQUEST_METHOD")
         if method not in ("GET", "POST"):
             return None
         query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
         sids = query.get("sid")
         if sids is None:
-            return None
+            return self._screen_handshake(environ) if method == "GET" else None
         post = method == "POST"
         socket = self.sockets.get(sids[0])
+        if socket is not None and socket.closed and not post and self._is_bound(socket, environ):
+            leftover = _leftover(socket)
+            if leftover:
+                return leftover
         if socket is None or socket.closed:
             return _Refusal("400 BAD REQUEST", "Invalid session", close_connection=post)
         if not self._is_bound(socket, environ):
@@ -654,8 +697,41 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             return _Refusal("413 PAYLOAD TOO LARGE", "Payload Too Large", close_connection=True)
         return None
 
+    def _screen_handshake(self, environ: dict[str, Any]) -> _Refusal | None:
+        if self.handshakes is not None:
+            address = client_address(environ, self.trusted_proxy_header)
+            if not self.handshakes.take(bucket_key(address)):
+                retry = max(1, math.ceil(1 / self.handshakes.rate))
+                return self._refuse_handshake(
+                    "rate_limited", "429 TOO MANY REQUESTS", "Too Many Requests", retry
+                )
+        if self.max_pending_sessions is not None and len(self.pending) >= self.max_pending_sessions:
+            return self._refuse_handshake(
+                "too_many_pending", "503 SERVICE UNAVAILABLE", "Service Unavailable", 1
+            )
+        self._refusing.clear()
+        return None
+
+    def _refuse_handshake(self, reason: str, status: str, message: str, retry: int) -> _Refusal:
+        if self.metrics is not None:
+            self.metrics.handshakes_refused[reason] += 1
+        if reason not in self._refusing:
+            # One record per run of refusals (until a handshake passes again): a
+            # flood of handshakes must not become a flood of log records.
+            self._refusing.add(reason)
+            log(logging.WARNING, "handshake_refused", reason=reason)
+        return _Refusal(status, message, headers=(("Retry-After", str(retry)),))
+
+    def session_joined(self, sid: str) -> None:
+        """Session ``sid`` has completed a socket.io CONNECT (or has ended): it no
+        longer counts against ``max_pending_sessions``."""
+        self.pending.discard(sid)
+
     async def _refuse(self, refusal: _Refusal, environ: dict[str, Any]) -> Any:
-        headers = [("Content-Type", "text/plain")]
+        headers = [("Content-Type", "text/plain"), *refusal.headers]
+        scope = environ.get("asgi.scope")
+        if scope is not None and scope.get("type") == "websocket":
+            return await _deny_asgi_websocket(refusal, headers, environ, scope)
         asgi = "asgi.scope" in environ
         if refusal.close_connection and asgi:
             headers.append(("Connection", "close"))
@@ -721,6 +797,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         socket = EngineSocket(self, sid)
         socket.bound = transport == "polling"
         self.sockets[sid] = socket
+        self.pending.add(sid)
 
         open_packet = eio_packet.Packet(
             eio_packet.OPEN,
@@ -737,6 +814,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         accepted = await self._trigger_event("connect", sid, environ, run_async=False)
         if accepted is not None and accepted is not True:
             del self.sockets[sid]
+            self.pending.discard(sid)
             return self._unauthorized(accepted or None)
 
         socket.schedule_ping()
@@ -767,6 +845,50 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         """Count a frame or body refused for breaking the protocol."""
         if self.metrics is not None:
             self.metrics.protocol_errors[reason] += 1
+
+
+def _leftover(socket: Any) -> list[Any]:
+    """What a closed polling session still had queued (its last packets and the
+    CLOSE packet); the session is forgotten once they are taken.
+
+    The gateway closes a session right after its last answer (a refused CONNECT's
+    CONNECT_ERROR), and a client whose long-poll was not waiting at that moment
+    would otherwise get 400 for its next one and never see the answer."""
+    packets: list[Any] = []
+    if socket.upgraded:
+        return packets
+    while True:
+        try:
+            pkt = socket.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        socket.queue.task_done()
+        if pkt is not None:
+            packets.append(pkt)
+    if packets:
+        socket.server.sockets.pop(socket.sid, None)
+    return packets
+
+
+async def _deny_asgi_websocket(
+    refusal: _Refusal, headers: list[tuple[str, str]], environ: dict[str, Any], scope: Any
+) -> None:
+    """Refuse an ASGI websocket handshake with ``refusal``'s HTTP answer where the
+    server offers the denial-response extension (uvicorn does), otherwise by
+    closing before accepting (the server answers 403)."""
+    send = environ["asgi.send"]
+    with contextlib.suppress(Exception):  # the client may be gone already
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": int(refusal.status.split(" ", 1)[0]),
+                    "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": refusal.message.encode()})
+        else:
+            await send({"type": "websocket.close"})
 
 
 def _body_read_later(receive: Callable[[], Any]) -> Callable[[], Any]:

@@ -31,6 +31,7 @@ class Metrics:
         self.events_refused: Counter[str] = Counter()
         self.protocol_errors: Counter[str] = Counter()
         self.sessions_ended: Counter[str] = Counter()
+        self.handshakes_refused: Counter[str] = Counter()
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a JSON-able dict."""
@@ -52,4 +53,5 @@ class Metrics:
             "events_refused": dict(self.events_refused),
             "protocol_errors": dict(self.protocol_errors),
             "sessions_ended": dict(self.sessions_ended),
+            "handshakes_refused": dict(self.handshakes_refused),
         }

@@ -38,6 +38,12 @@ _COUNTERS = (
     ),
     ("sessions_ended", "rtg_sessions_ended", "Sessions the gateway ended.", "reason"),
     (
+        "handshakes_refused",
+        "rtg_handshakes_refused",
+        "Engine.io handshakes refused before a session was created.",
+        "reason",
+    ),
+    (
         "sessions_refreshed",
         "rtg_sessions_refreshed",
         "Credentials replaced in place by auth:refresh.",

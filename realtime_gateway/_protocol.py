@@ -13,7 +13,10 @@ before it is dispatched:
   ``max_depth`` without recursing; a packet whose data does not decode is kept
   with :attr:`GatewayPacket.malformed` set, so the gateway can still answer it;
 - binary packets declare 1 to ``max_attachments`` attachments, every placeholder
-  names one of them, and the attachments are binary and within a byte budget.
+  names one of them, and the attachments are binary; while a binary packet waits
+  for its attachments, its text and the attachments received so far together stay
+  within a byte budget (python-socketio holds any number of bytes there, and
+  neither the event size check nor the rate limit runs before the packet is whole).
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from typing import Any, ClassVar
 from socketio import packet
 
 __all__ = ["BadJson", "GatewayPacket", "JsonCodec", "ProtocolViolation", "packet_class"]
+
+# Room in a binary packet's budget for what its text holds besides the event's
+# payload (type, namespace, ack id, event name), and per attachment for a
+# placeholder, which is longer than the bytes' share of an event's measured size.
+_HEADER_ALLOWANCE = 512
+_PLACEHOLDER_ALLOWANCE = 32
 
 # Escapes occur only inside strings; without them, every quote opens or closes one.
 _ESCAPE = re.compile(r"\\.", re.S)
@@ -113,7 +122,8 @@ class GatewayPacket(packet.Packet):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.malformed = False
-        self.attachment_bytes = 0
+        self.held_bytes = 0
+        self.held_limit = 0
         super().__init__(*args, **kwargs)
 
     def decode(self, encoded_packet: Any) -> int:
@@ -144,13 +154,26 @@ class GatewayPacket(packet.Packet):  # type: ignore[misc]
             raise ProtocolViolation("attachments on a text packet")
         return count
 
-    def take_attachment(self, attachment: object, limit: int) -> bool:
+    def hold(self, encoded_packet: str, budget: int) -> None:
+        """Start waiting for the attachments of this binary packet, decoded from
+        ``encoded_packet``: from now on its text and attachments together may hold
+        ``budget`` bytes (the largest event the namespace accepts) plus room for the
+        header. Raises :class:`ProtocolViolation` if the text alone is over it."""
+        allowance = _HEADER_ALLOWANCE + _PLACEHOLDER_ALLOWANCE * self.attachment_count
+        self.held_limit = budget + allowance
+        self.held_bytes = (
+            len(encoded_packet) if encoded_packet.isascii() else len(encoded_packet.encode())
+        )
+        if self.held_bytes > self.held_limit:
+            raise ProtocolViolation("binary packet too large")
+
+    def take_attachment(self, attachment: object) -> bool:
         """Add one attachment; ``True`` once the packet is complete. Raises
-        :class:`ProtocolViolation` for text, too many bytes or one too many."""
+        :class:`ProtocolViolation` for text, too many bytes held or one too many."""
         if not isinstance(attachment, bytes):
             raise ProtocolViolation("attachment is not binary")
-        self.attachment_bytes += len(attachment)
-        if self.attachment_bytes > limit:
+        self.held_bytes += len(attachment)
+        if self.held_bytes > self.held_limit:
             raise ProtocolViolation("attachments too large")
         if len(self.attachments) >= self.attachment_count:
             raise ProtocolViolation("unexpected attachment")

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["GatewayServer", "OriginPolicy", "UpstreamLog", "build_server"]
 
+_REFUSED_CLOSE_DELAY = 0.1
+"""Seconds a transport left with no namespace by a refused CONNECT stays open."""
+
 
 class OriginPolicy:
     """Which browser origins may reach the gateway.
@@ -122,16 +125,35 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
-        # The client now has its CONNECT packet: events emitted from here on reach it.
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            await self._refused_connect(eio_sid)
+            return
+        self.eio.session_joined(eio_sid)
+        # The client now has its CONNECT packet: events emitted from here on reach it.
         handler = self.namespace_handlers.get(namespace)
-        if (
-            sid is not None
-            and isinstance(handler, GatewayNamespace)
-            and self.manager.is_connected(sid, namespace)
-        ):
+        if isinstance(handler, GatewayNamespace):
             await handler._ready(sid)
+
+    async def _refused_connect(self, eio_sid: str) -> None:
+        """After a CONNECT_ERROR: a client with no other namespace has nothing left
+        to do on its transport (the official client closes it itself), so it is
+        closed within ``_REFUSED_CLOSE_DELAY`` rather than at ``connect_timeout``;
+        the CONNECT_ERROR goes first."""
+        if eio_sid in self.environ and not self._joined_any(eio_sid):
+            # A client opening several namespaces sends their CONNECTs together and
+            # python-socketio reads them one at a time: the next one may already be
+            # here, unread. Closing at once would cut it off (the official client
+            # then reconnects a second later).
+            asyncio.get_running_loop().call_later(
+                _REFUSED_CLOSE_DELAY, self._close_if_alone, eio_sid
+            )
+
+    def _close_if_alone(self, eio_sid: str) -> None:
+        if eio_sid in self.environ and not self._joined_any(eio_sid):
+            log(logging.INFO, "refused_connect_closed")
+            self.start_background_task(self._close_transport, eio_sid)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         if eio_sid not in self.environ:
@@ -139,7 +161,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         try:
             pending = self._binary_packet.get(eio_sid)
             if pending is not None:
-                if pending.take_attachment(data, self._attachment_budget(pending.namespace)):
+                if pending.take_attachment(data):
                     del self._binary_packet[eio_sid]
                     await self._handle_packet(eio_sid, pending)
                 return
@@ -147,6 +169,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             if pkt.packet_type in (BINARY_EVENT, BINARY_ACK) and not pkt.malformed:
                 if self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/") is None:
                     raise ProtocolViolation("binary packet outside a namespace")
+                pkt.hold(data, self._attachment_budget(pkt.namespace))
                 self._binary_packet[eio_sid] = pkt
                 return
             await self._handle_packet(eio_sid, pkt)
@@ -180,6 +203,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         await self._send_packet(
             eio_sid, self.packet_class(CONNECT_ERROR, data=error, namespace=namespace)
         )
+        await self._refused_connect(eio_sid)
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: Any, data: Any) -> None:
         namespace = namespace or "/"
@@ -220,6 +244,9 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         self._gateway.metrics.protocol_errors[reason] += 1
         log(logging.WARNING, "protocol_error", reason=reason)
         self._binary_packet.pop(eio_sid, None)
+        await self._close_transport(eio_sid)
+
+    async def _close_transport(self, eio_sid: str) -> None:
         socket = self.eio.sockets.get(eio_sid)
         if socket is None or socket.closed:
             return
@@ -253,12 +280,16 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             return False
         return eio_sid is not None and eio_sid in self.environ
 
+    def _joined_any(self, eio_sid: str) -> bool:
+        """Whether the client has a namespace joined or being admitted."""
+        return any(
+            self.manager.sid_from_eio_sid(eio_sid, namespace) is not None
+            for namespace in list(self.manager.get_namespaces())
+        )
+
     def _check_joined(self, eio_sid: str) -> None:
-        if eio_sid not in self.environ:
+        if eio_sid not in self.environ or self._joined_any(eio_sid):
             return
-        for namespace in list(self.manager.get_namespaces()):
-            if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
-                return
         log(logging.INFO, "connect_timeout")
         self.start_background_task(self.eio.disconnect, eio_sid)
 
@@ -293,6 +324,10 @@ def build_server(
         cookie_path=config.path,
         metrics=gateway.metrics,
         max_pending_output=config.max_pending_output,
+        handshake_rate=config.handshake_rate,
+        handshake_burst=config.handshake_burst,
+        trusted_proxy_header=config.trusted_proxy_header,
+        max_pending_sessions=config.max_pending_sessions,
     )
     for namespace in gateway.namespaces.values():
         server.register_namespace(namespace)

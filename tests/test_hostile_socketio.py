@@ -287,24 +287,25 @@ async def test_connect_with_malformed_auth_gets_connect_error(
     auth: str,
 ) -> None:
     gateway = hostile_gateway(authenticator)
-    async with (
-        clients.serve(gateway, server_kind) as server,
-        RawSession.open(server.url, transport) as session,
-    ):
-        prefix = "0" if namespace == "/" else f"0{namespace},"
-        await session.send_sio(prefix + auth)
-        reply = await session.next_sio()
-        assert reply is not None
-        assert (reply.type, reply.namespace) == (CONNECT_ERROR, namespace)
-        assert reply.data["data"] == {"code": "unauthenticated", "reason": "malformed"}
-        assert gateway.metrics.auth_failures["malformed"] == 1
-        assert gateway.connections == {}
-        # The same transport may still connect properly.
-        kind, _ = await session.connect_ns(
-            namespace, {"token": authenticator.issue(USERS["nurse"])}
-        )
-        assert kind == CONNECT
-        await assert_consistent(gateway)
+    async with clients.serve(gateway, server_kind) as server:
+        async with RawSession.open(server.url, transport) as session:
+            prefix = "0" if namespace == "/" else f"0{namespace},"
+            await session.send_sio(prefix + auth)
+            reply = await session.next_sio()
+            assert reply is not None
+            assert (reply.type, reply.namespace) == (CONNECT_ERROR, namespace)
+            assert reply.data["data"] == {"code": "unauthenticated", "reason": "malformed"}
+            assert gateway.metrics.auth_failures["malformed"] == 1
+            assert gateway.connections == {}
+            # Nothing else joined on it: the transport is closed after the refusal.
+            assert await session.next_sio() is None
+        # A new transport connects properly.
+        async with RawSession.open(server.url, transport) as fresh:
+            kind, _ = await fresh.connect_ns(
+                namespace, {"token": authenticator.issue(USERS["nurse"])}
+            )
+            assert kind == CONNECT
+            await assert_consistent(gateway)
 
 
 # -- binary packets ------------------------------------------------------------------------------

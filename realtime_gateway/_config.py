@@ -134,7 +134,18 @@ class GatewayConfig:
     attachments of one packet (socket.io's own cap is 10); their bytes count
     against ``max_event_size``.
     ``rate_limit`` is the sustained events per second one connection may send, with
-    bursts up to ``rate_burst``; ``None`` turns the limit off.
+    bursts up to ``rate_burst``; ``None`` turns the limit off. ``user_rate_limit`` and
+    ``user_rate_burst`` are the same budget shared by all of one user's sockets in
+    this process (per process: each process of a cluster gives the user its own);
+    ``None`` turns it off. A socket whose events keep being refused by either budget
+    (refusals less than a second apart) for ``rate_limit_disconnect_after`` seconds
+    is disconnected (``None``: never).
+    ``max_rooms_per_socket`` bounds the rooms one socket may ask to join (the
+    gateway's own ``user:`` and ``role:`` rooms are not counted); beyond it a join
+    is answered ``limit_exceeded``. ``max_sockets_per_user`` bounds one user's
+    namespace sockets (a browser tab on four namespaces holds four), across the
+    whole cluster with ``redis_url`` and per process otherwise; beyond it a connect
+    is refused with ``limit_exceeded``, reason ``too_many_connections``.
 
     ``compression`` compresses long-polling responses; ``websocket_compression``
     accepts permessage-deflate on websockets under aiohttp (off by default, as in
@@ -181,6 +192,13 @@ class GatewayConfig:
     websocket_compression: bool = attrs.field(default=False, validator=_flag)
     rate_limit: float | None = attrs.field(default=50.0, validator=_optional_positive)
     rate_burst: int = attrs.field(default=100, validator=_positive_int)
+    user_rate_limit: float | None = attrs.field(default=100.0, validator=_optional_positive)
+    user_rate_burst: int = attrs.field(default=200, validator=_positive_int)
+    rate_limit_disconnect_after: float | None = attrs.field(
+        default=10.0, validator=_optional_positive
+    )
+    max_rooms_per_socket: int = attrs.field(default=128, validator=_positive_int)
+    max_sockets_per_user: int = attrs.field(default=50, validator=_positive_int)
     max_message_length: int = attrs.field(default=4000, validator=_positive_int)
     reconnect_window: float = attrs.field(default=60.0, validator=_positive)
     shutdown_grace: float = attrs.field(default=10.0, validator=_non_negative)

@@ -26,6 +26,7 @@ from ._exceptions import (
     GatewayError,
     GatewayNotRunning,
     InvalidPayload,
+    LimitExceeded,
     NotFound,
     PermissionDenied,
 )
@@ -144,7 +145,9 @@ class Gateway:
             set_log_key(self.config.log_key)
         self._origins = OriginPolicy(self.config.allowed_origins)
         self._namespaces: dict[str, GatewayNamespace] = {}
-        self._live = LiveConnections(self.registry, self.metrics)
+        self._live = LiveConnections(
+            self.registry, self.metrics, max_sockets_per_user=self.config.max_sockets_per_user
+        )
         self._sessions = SessionTimers(self)
         self._server: Any = None
         for namespace in namespaces:
@@ -318,6 +321,18 @@ class Gateway:
         if not await deliver(self._audit, record):
             self.metrics.audit_failures += 1
 
+    def _limit_exceeded(self, identity: Identity, refusal: LimitExceeded, namespace: str) -> None:
+        """Count and log a refusal for a bound (:class:`LimitExceeded`) before it is
+        raised or answered."""
+        self.metrics.limits_exceeded[refusal.reason] += 1
+        log(
+            logging.WARNING,
+            "limit_exceeded",
+            user=identity.user_id,
+            namespace=namespace,
+            reason=refusal.reason,
+        )
+
     async def is_allowed(self, identity: Identity, action: str, target: str) -> bool:
         """True if the authorizer allows; a refusal is counted and logged like any other."""
         try:
@@ -370,7 +385,14 @@ class Gateway:
             handshake=handshake,
             eio_sid=self.server.manager.eio_sid_from_sid(sid, namespace),
         )
-        await self._live.add(conn, started=started)
+        if not await self._live.add(conn, started=started):
+            refused = LimitExceeded(
+                LimitExceeded.TOO_MANY_CONNECTIONS, "Too many connections for this user"
+            )
+            self._limit_exceeded(identity, refused, namespace)
+            raise socketio.exceptions.ConnectionRefusedError(
+                refused.message, {"code": refused.code, "reason": refused.reason}
+            )
         if self._revoked_here.revoked_now(identity):
             # Revoked while it was being admitted, before the revocation could see it.
             await self._live.remove(sid, reason="revoked", departed=False)

@@ -26,6 +26,7 @@ class Metrics:
         self.events_refused: Counter[str] = Counter()
         self.protocol_errors: Counter[str] = Counter()
         self.sessions_ended: Counter[str] = Counter()
+        self.limits_exceeded: Counter[str] = Counter()
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a JSON-able dict."""
@@ -43,4 +44,5 @@ class Metrics:
             "events_refused": dict(self.events_refused),
             "protocol_errors": dict(self.protocol_errors),
             "sessions_ended": dict(self.sessions_ended),
+            "limits_exceeded": dict(self.limits_exceeded),
         }

@@ -38,6 +38,12 @@ _COUNTERS = (
     ),
     ("sessions_ended", "rtg_sessions_ended", "Sessions the gateway ended.", "reason"),
     (
+        "limits_exceeded",
+        "rtg_limits_exceeded",
+        "Rooms, connections and events refused by a per-socket or per-user bound.",
+        "reason",
+    ),
+    (
         "sessions_refreshed",
         "rtg_sessions_refreshed",
         "Credentials replaced in place by auth:refresh.",

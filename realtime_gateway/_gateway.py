@@ -321,6 +321,13 @@ class Gateway:
         if not await deliver(self._audit, record):
             self.metrics.audit_failures += 1
 
+    def _too_many_connections(self, identity: Identity, namespace: str) -> LimitExceeded:
+        refusal = LimitExceeded(
+            LimitExceeded.TOO_MANY_CONNECTIONS, "Too many connections for this user"
+        )
+        self._limit_exceeded(identity, refusal, namespace)
+        return refusal
+
     def _limit_exceeded(self, identity: Identity, refusal: LimitExceeded, namespace: str) -> None:
         """Count and log a refusal for a bound (:class:`LimitExceeded`) before it is
         raised or answered."""
@@ -369,8 +376,10 @@ class Gateway:
                 self._refused(handshake, refusal)
                 raise refusal
             identity = await self.authenticate(handshake)
+            if self._live.full(identity.user_id):  # spare the authorizer and the audit
+                raise self._too_many_connections(identity, namespace)
             await self.authorize(identity, "connect", namespace)
-        except AuthenticationFailed as exc:
+        except (AuthenticationFailed, LimitExceeded) as exc:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code, "reason": exc.reason}
             ) from None
@@ -386,10 +395,7 @@ class Gateway:
             eio_sid=self.server.manager.eio_sid_from_sid(sid, namespace),
         )
         if not await self._live.add(conn, started=started):
-            refused = LimitExceeded(
-                LimitExceeded.TOO_MANY_CONNECTIONS, "Too many connections for this user"
-            )
-            self._limit_exceeded(identity, refused, namespace)
+            refused = self._too_many_connections(identity, namespace)
             raise socketio.exceptions.ConnectionRefusedError(
                 refused.message, {"code": refused.code, "reason": refused.reason}
             )

@@ -90,6 +90,12 @@ class LiveConnections(Mapping[str, Connection]):
         self._admit_started[conn.sid] = started
         return True
 
+    def full(self, user_id: str) -> bool:
+        """Whether ``user_id`` has ``max_sockets_per_user`` sockets here already (a
+        check before admission's costlier steps; :meth:`add` checks again)."""
+        user = self._users.get(user_id)
+        return user is not None and user.sockets >= self._max_per_user
+
     def _release(self, user_id: str) -> None:
         user = self._users.get(user_id)
         if user is not None:

@@ -235,7 +235,8 @@ async def test_a_user_has_at_most_max_sockets_per_user_sockets(
     clients: Clients,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    gateway = caps_gateway(authenticator, max_sockets_per_user=3)
+    authorizer = OpenAuthorizer()
+    gateway = caps_gateway(authenticator, authorizer, max_sockets_per_user=3)
     async with clients.serve(gateway, server_kind) as server:
         # Sockets, not client connections: one client on two namespaces holds two.
         first = await clients.connect(
@@ -254,6 +255,7 @@ async def test_a_user_has_at_most_max_sockets_per_user_sockets(
             "data": {"code": "limit_exceeded", "reason": "too_many_connections"},
         }
         assert gateway.metrics.limits_exceeded == {"too_many_connections": 1}
+        assert authorizer.asked["connect"] == 3, "refused before the authorizer"
         [record] = [r for r in caplog.records if r.getMessage().startswith("limit_exceeded")]
         assert fields(record)["reason"] == "too_many_connections"
         assert len(await gateway.user_sockets("u-nurse")) == 3

@@ -34,6 +34,7 @@ from ._exceptions import ConfigurationError as ConfigurationError
 from ._exceptions import GatewayError as GatewayError
 from ._exceptions import GatewayNotRunning as GatewayNotRunning
 from ._exceptions import InvalidPayload as InvalidPayload
+from ._exceptions import LimitExceeded as LimitExceeded
 from ._exceptions import NotFound as NotFound
 from ._exceptions import PermissionDenied as PermissionDenied
 from ._exceptions import RateLimited as RateLimited
@@ -95,6 +96,7 @@ __all__ = [
     "Handshake",
     "Identity",
     "InvalidPayload",
+    "LimitExceeded",
     "MainNamespace",
     "MemoryRegistry",
     "MemoryRevocationStore",

@@ -48,6 +48,7 @@ _STATUS = {
     "forbidden": 403,
     "not_found": 404,
     "rate_limited": 429,
+    "limit_exceeded": 429,
     "internal": 500,
     "unavailable": 503,
 }

@@ -63,6 +63,23 @@ _SEP = "\x1f"  # joins namespace, room and user in one hash field; never in a na
 
 Control = Callable[[dict[str, Any]], Awaitable[None]]
 
+# Records a socket unless its user already has ARGV[2] (> 0) sockets in the cluster;
+# answers -1 then, else 1 if the user left this namespace within the reconnection
+# window (the departed key existed), else 0.
+_ADD_SCRIPT = """
+local limit = tonumber(ARGV[2])
+if limit > 0 and tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') >= limit then
+  return -1
+end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('SADD', KEYS[5], ARGV[3])
+return redis.call('DEL', KEYS[6])
+"""
+_OVER_LIMIT = -1
+
 
 def process_id() -> str:
     """A name for this process that is unique in the cluster."""
@@ -275,6 +292,7 @@ class RedisRegistry:
         self._outage = Outage("registry")
         self._swept: Callable[[list[tuple[ConnectionInfo, frozenset[str]]]], Awaitable[None]]
         self._swept = _nothing
+        self._add_script = redis.register_script(_ADD_SCRIPT)
 
     # -- keys ------------------------------------------------------------------------
 
@@ -332,20 +350,33 @@ class RedisRegistry:
     # -- the Registry protocol -------------------------------------------------------
 
     async def add(self, conn: Connection) -> bool:
+        return bool(await self.add_within(conn, None))
+
+    async def add_within(self, conn: Connection, limit: int | None) -> bool | None:
+        """:meth:`add`, unless the user has ``limit`` sockets in the cluster already:
+        then nothing is recorded and the answer is ``None``. Checked and counted in
+        one script, so processes admitting the same user at once cannot together
+        pass the cap. While Redis is unreachable only this process is counted."""
         await self.local.add(conn)
         user_id = conn.identity.user_id
+        keys = [
+            self._key("users"),
+            self._key("process", self.process, "users"),
+            self._key("sockets"),
+            self._key("user", user_id),
+            self._key("process", self.process, "sids"),
+            self._key("departed", conn.namespace, user_id),
+        ]
+        args = [user_id, 0 if limit is None else limit, conn.sid, self._info_json(conn, ())]
 
-        async def write() -> bool:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._key("sockets"), conn.sid, self._info_json(conn, ()))
-                pipe.sadd(self._key("user", user_id), conn.sid)
-                self._count_user(pipe, user_id, 1)
-                pipe.sadd(self._key("process", self.process, "sids"), conn.sid)
-                pipe.getdel(self._key("departed", conn.namespace, user_id))
-                results = await pipe.execute()
-            return results[-1] is not None
+        async def write() -> int:
+            return int(await self._add_script(keys=keys, args=args))
 
-        return bool(await self._attempt(write))
+        result: int | None = await self._attempt(write)
+        if result == _OVER_LIMIT:
+            await self.local.remove(conn.sid, departed=False)
+            return None
+        return result == 1
 
     async def remove(self, sid: str, *, departed: bool = True) -> frozenset[str]:
         conn = self.local._sockets.get(sid)

@@ -155,7 +155,18 @@ class GatewayConfig:
     engine.io queue plus its websocket transport's write buffer, default 1 MiB):
     a packet that takes it over disconnects the connection, every namespace
     socket of it, with reason ``slow_consumer``; one packet alone in an idle
-    connection's queue is let through whatever its size.
+    connection's queue is let through whatever its size. ``user_rate_limit`` and
+    ``user_rate_burst`` are the same budget shared by all of one user's sockets in
+    this process (per process: each process of a cluster gives the user its own);
+    ``None`` turns it off. A socket whose events keep being refused by either budget
+    (refusals less than a second apart) for ``rate_limit_disconnect_after`` seconds
+    is disconnected (``None``: never).
+    ``max_rooms_per_socket`` bounds the rooms one socket may ask to join (the
+    gateway's own ``user:`` and ``role:`` rooms are not counted); beyond it a join
+    is answered ``limit_exceeded``. ``max_sockets_per_user`` bounds one user's
+    namespace sockets (a browser tab on four namespaces holds four), across the
+    whole cluster with ``redis_url`` and per process otherwise; beyond it a connect
+    is refused with ``limit_exceeded``, reason ``too_many_connections``.
 
     ``compression`` compresses long-polling responses; ``websocket_compression``
     accepts permessage-deflate on websockets under aiohttp (off by default, as in
@@ -226,6 +237,13 @@ class GatewayConfig:
     handshake_burst: int = attrs.field(default=100, validator=_positive_int)
     trusted_proxy_header: str | None = attrs.field(default=None, validator=_optional_header)
     max_pending_sessions: int = attrs.field(default=1_000, validator=_positive_int)
+    user_rate_limit: float | None = attrs.field(default=100.0, validator=_optional_positive)
+    user_rate_burst: int = attrs.field(default=200, validator=_positive_int)
+    rate_limit_disconnect_after: float | None = attrs.field(
+        default=10.0, validator=_optional_positive
+    )
+    max_rooms_per_socket: int = attrs.field(default=128, validator=_positive_int)
+    max_sockets_per_user: int = attrs.field(default=50, validator=_positive_int)
     max_message_length: int = attrs.field(default=4000, validator=_positive_int)
     reconnect_window: float = attrs.field(default=60.0, validator=_positive)
     shutdown_grace: float = attrs.field(default=10.0, validator=_non_negative)

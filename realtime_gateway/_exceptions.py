@@ -9,6 +9,7 @@ Exception hierarchy::
      +-- InvalidPayload             code "invalid_payload", names the offending field
      +-- NotFound                   code "not_found"
      +-- RateLimited                code "rate_limited"
+     +-- LimitExceeded              code "limit_exceeded", carries a reason category
      +-- GatewayNotRunning          code "unavailable", the gateway is not mounted yet
 
 Every error has a machine ``code`` and a human message that is safe to show a
@@ -26,6 +27,7 @@ __all__ = [
     "GatewayError",
     "GatewayNotRunning",
     "InvalidPayload",
+    "LimitExceeded",
     "NotFound",
     "PermissionDenied",
     "RateLimited",
@@ -134,6 +136,26 @@ class RateLimited(GatewayError):
     """The connection sent more events than its budget allows."""
 
     code = "rate_limited"
+
+
+class LimitExceeded(GatewayError):
+    """A bound on what one client may hold was reached; ``reason`` says which, as
+    one of the categories below (safe to log, count and show the client)."""
+
+    code = "limit_exceeded"
+
+    TOO_MANY_ROOMS: ClassVar[str] = "too_many_rooms"
+    """The socket is in ``GatewayConfig.max_rooms_per_socket`` rooms already."""
+    TOO_MANY_CONNECTIONS: ClassVar[str] = "too_many_connections"
+    """The user has ``GatewayConfig.max_sockets_per_user`` sockets already."""
+
+    REASONS: ClassVar[frozenset[str]] = frozenset({TOO_MANY_ROOMS, TOO_MANY_CONNECTIONS})
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown limit reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
 
 
 class GatewayNotRunning(GatewayError):

@@ -27,6 +27,7 @@ from ._exceptions import (
     GatewayError,
     GatewayNotRunning,
     InvalidPayload,
+    LimitExceeded,
     NotFound,
     PermissionDenied,
 )
@@ -146,7 +147,9 @@ class Gateway:
         set_log_limit(self.config.log_repeat_limit, self.config.log_repeat_interval)
         self._origins = OriginPolicy(self.config.allowed_origins)
         self._namespaces: dict[str, GatewayNamespace] = {}
-        self._live = LiveConnections(self.registry, self.metrics)
+        self._live = LiveConnections(
+            self.registry, self.metrics, max_sockets_per_user=self.config.max_sockets_per_user
+        )
         self._sessions = SessionTimers(self)
         self._server: Any = None
         for namespace in namespaces:
@@ -324,6 +327,25 @@ class Gateway:
         if not await deliver(self._audit, record):
             self.metrics.audit_failures += 1
 
+    def _too_many_connections(self, identity: Identity, namespace: str) -> LimitExceeded:
+        refusal = LimitExceeded(
+            LimitExceeded.TOO_MANY_CONNECTIONS, "Too many connections for this user"
+        )
+        self._limit_exceeded(identity, refusal, namespace)
+        return refusal
+
+    def _limit_exceeded(self, identity: Identity, refusal: LimitExceeded, namespace: str) -> None:
+        """Count and log a refusal for a bound (:class:`LimitExceeded`) before it is
+        raised or answered."""
+        self.metrics.limits_exceeded[refusal.reason] += 1
+        log(
+            logging.WARNING,
+            "limit_exceeded",
+            user=identity.user_id,
+            namespace=namespace,
+            reason=refusal.reason,
+        )
+
     async def is_allowed(self, identity: Identity, action: str, target: str) -> bool:
         """True if the authorizer allows; a refusal is counted and logged like any other."""
         try:
@@ -360,8 +382,10 @@ class Gateway:
                 self._refused(handshake, refusal)
                 raise refusal
             identity = await self.authenticate(handshake)
+            if self._live.full(identity.user_id):  # spare the authorizer and the audit
+                raise self._too_many_connections(identity, namespace)
             await self.authorize(identity, "connect", namespace)
-        except AuthenticationFailed as exc:
+        except (AuthenticationFailed, LimitExceeded) as exc:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code, "reason": exc.reason}
             ) from None
@@ -376,7 +400,11 @@ class Gateway:
             handshake=handshake,
             eio_sid=self.server.manager.eio_sid_from_sid(sid, namespace),
         )
-        await self._live.add(conn, started=started)
+        if not await self._live.add(conn, started=started):
+            refused = self._too_many_connections(identity, namespace)
+            raise socketio.exceptions.ConnectionRefusedError(
+                refused.message, {"code": refused.code, "reason": refused.reason}
+            )
         if self._revoked_here.revoked_now(identity):
             # Revoked while it was being admitted, before the revocation could see it.
             await self._live.remove(sid, reason="revoked", departed=False)

@@ -32,6 +32,7 @@ class Metrics:
         self.protocol_errors: Counter[str] = Counter()
         self.sessions_ended: Counter[str] = Counter()
         self.handshakes_refused: Counter[str] = Counter()
+        self.limits_exceeded: Counter[str] = Counter()
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a JSON-able dict."""
@@ -54,4 +55,5 @@ class Metrics:
             "protocol_errors": dict(self.protocol_errors),
             "sessions_ended": dict(self.sessions_ended),
             "handshakes_refused": dict(self.handshakes_refused),
+            "limits_exceeded": dict(self.limits_exceeded),
         }

@@ -14,6 +14,7 @@ role when it connects, so the gateway can reach a user or a role in any namespac
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
@@ -28,6 +29,7 @@ from ._exceptions import (
     GatewayError,
     GatewayNotRunning,
     InvalidPayload,
+    LimitExceeded,
     NotFound,
     RateLimited,
 )
@@ -109,7 +111,7 @@ def failure(error: GatewayError) -> Ack:
     ack: Ack = {"success": False, "error": error.message, "code": error.code}
     if isinstance(error, InvalidPayload) and error.field is not None:
         ack["field"] = error.field
-    if isinstance(error, AuthenticationFailed):
+    if isinstance(error, AuthenticationFailed | LimitExceeded):
         ack["reason"] = error.reason
     return ack
 
@@ -229,19 +231,33 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         """Put ``conn`` in ``room``, first asking the authorizer for ``action`` on the
         room (raising :class:`PermissionDenied`); ``action=None`` skips the check and
         makes the room one the client cannot leave. Joining a room twice is a no-op.
-        Returns ``True`` if the socket's user became present in the room."""
+        A socket already in ``max_rooms_per_socket`` rooms joined with an action
+        gets :class:`LimitExceeded` (``too_many_rooms``) before the authorizer is
+        asked. Returns ``True`` if the socket's user became present in the room."""
         server = self.gateway.server
         if server.manager.is_sid_room(self.namespace, room):
             # Every socket has a room named by its sid: its private channel.
             raise await self.gateway.refuse(
                 conn.identity, action or "join", room, "a socket's own room"
             )
-        if action is not None:
-            await self.gateway.authorize(conn.identity, action, room)
-        if room in conn.rooms:
-            return False
-        await server.enter_room(conn.sid, room, namespace=self.namespace)
-        conn.rooms[room] = action
+        reserved = action is not None and room not in conn.rooms
+        if reserved and not conn.reserve_room(self.gateway.config.max_rooms_per_socket):
+            refusal = LimitExceeded(LimitExceeded.TOO_MANY_ROOMS, "Too many rooms for this socket")
+            self.gateway._limit_exceeded(conn.identity, refusal, self.namespace)
+            raise refusal
+        try:
+            if action is not None:
+                await self.gateway.authorize(conn.identity, action, room)
+            if room in conn.rooms:
+                return False
+            await server.enter_room(conn.sid, room, namespace=self.namespace)
+            if reserved:
+                reserved = False
+                conn.release_room()
+            conn.rooms[room] = action
+        finally:
+            if reserved:
+                conn.release_room()
         present = await self.gateway.registry.join(conn.sid, room)
         if present:
             await self._announce(conn, room, joined=True)
@@ -421,10 +437,15 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         try:
             conn = self.connection(sid)
             config = self.gateway.config
+            now = time.monotonic()
             if config.rate_limit is not None and not conn.take_token(
-                config.rate_limit, config.rate_burst
+                config.rate_limit, config.rate_burst, now
             ):
-                raise RateLimited("Too many events, slow down")
+                raise self._over_budget(conn, now, "socket")
+            if config.user_rate_limit is not None and not conn.take_user_token(
+                config.user_rate_limit, config.user_rate_burst, now
+            ):
+                raise self._over_budget(conn, now, "user")
             if event_name is None:
                 raise InvalidPayload("An event is a list whose first item is its name")
             handler, spec = self._lookup(event_name)
@@ -451,6 +472,32 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 event=event_name if event_name in self._handlers else None,
             )
             return failure(GatewayError("Internal error"))
+
+    def _over_budget(self, conn: Connection, now: float, budget: str) -> RateLimited:
+        """An event of ``conn`` was refused by the ``budget`` (``"socket"`` or
+        ``"user"``) rate limit: log the start of a streak of refusals, and end the
+        socket once the streak has lasted ``rate_limit_disconnect_after``."""
+        gateway = self.gateway
+        if budget == "user":
+            gateway.metrics.limits_exceeded["user_rate_limit"] += 1
+        lasted, started = conn.refused_for(now)
+        if started:
+            log(
+                logging.WARNING,
+                "rate_limited",
+                sid=conn.sid,
+                user=conn.identity.user_id,
+                namespace=self.namespace,
+                budget=budget,
+            )
+        after = gateway.config.rate_limit_disconnect_after
+        if (
+            after is not None
+            and lasted >= after
+            and gateway._sessions.end(conn, "rate_limited", event="limit:exceeded")
+        ):
+            gateway.metrics.limits_exceeded["rate_limit_sustained"] += 1
+        return RateLimited("Too many events, slow down")
 
     async def _refresh_session(self, conn: Connection, token: str) -> Ack:
         """``auth:refresh`` ``{token}``: a new credential for the whole client connection."""

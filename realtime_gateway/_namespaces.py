@@ -18,7 +18,7 @@ import attrs
 
 from ._clock import epoch_ms, iso_timestamp
 from ._connection import Connection
-from ._exceptions import InvalidPayload, PermissionDenied
+from ._exceptions import InvalidPayload, LimitExceeded, PermissionDenied
 from ._namespace import GatewayNamespace, event
 from ._notification import NOTIFICATION_TYPES, make_notification
 from ._rules import REFERENCE_RESOURCES
@@ -236,17 +236,33 @@ class NotificationsNamespace(GatewayNamespace):
 
     @event("subscribe", payload=_channels)
     async def subscribe(self, conn: Connection, channels: list[str]) -> dict[str, Any]:
-        """Subscribe to each allowed channel; list the subscribed and the denied."""
+        """Subscribe to each allowed channel; list the subscribed and the denied.
+        Channels beyond ``max_rooms_per_socket`` are denied too and also listed in
+        ``limitedChannels`` (only present then); those before them stay subscribed."""
         subscribed: list[str] = []
         denied: list[str] = []
+        limited: list[str] = []
         for channel in channels:
+            room = self.channel_room(channel)
+            if limited and room not in conn.rooms:
+                # Full: the rest is not asked for again (one refusal counted and logged).
+                limited.append(channel)
+                continue
             try:
-                await self.join(conn, self.channel_room(channel), action="subscribe")
+                await self.join(conn, room, action="subscribe")
             except PermissionDenied:
                 denied.append(channel)
+            except LimitExceeded:
+                limited.append(channel)
             else:
                 subscribed.append(channel)
-        return {"subscribedChannels": subscribed, "deniedChannels": denied}
+        ack: dict[str, Any] = {
+            "subscribedChannels": subscribed,
+            "deniedChannels": denied + limited,
+        }
+        if limited:
+            ack["limitedChannels"] = limited
+        return ack
 
     @event("unsubscribe", payload=_channels)
     async def unsubscribe(self, conn: Connection, channels: list[str]) -> dict[str, Any]:

@@ -44,6 +44,12 @@ _COUNTERS = (
         "reason",
     ),
     (
+        "limits_exceeded",
+        "rtg_limits_exceeded",
+        "Rooms, connections and events refused by a per-socket or per-user bound.",
+        "reason",
+    ),
+    (
         "sessions_refreshed",
         "rtg_sessions_refreshed",
         "Credentials replaced in place by auth:refresh.",

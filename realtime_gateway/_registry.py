@@ -103,6 +103,18 @@ class Registry(Protocol):
         ...
 
 
+@runtime_checkable
+class CappedRegistry(Protocol):
+    """A registry that can check a user's socket count where it keeps it (the whole
+    cluster, for :class:`RedisRegistry`) and record a socket only under a cap, in one
+    atomic step. Optional: without it the cap holds per process."""
+
+    async def add_within(self, conn: Connection, limit: int) -> bool | None:
+        """:meth:`Registry.add` unless the user has ``limit`` sockets recorded
+        already: then record nothing and return ``None``."""
+        ...
+
+
 class MemoryRegistry:
     """A :class:`Registry` for one process, in plain dictionaries.
 

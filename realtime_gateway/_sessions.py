@@ -57,6 +57,7 @@ class _Entry:
     warned: bool = False
     ended_for: str | None = None
     tell: bool = True  # whether the client hears auth:{reason} before the disconnect
+    event: str | None = None  # what the client hears instead of auth:{reason}
 
     def cancel(self) -> None:
         for handle in (self.warning, self.ending):
@@ -134,17 +135,21 @@ class SessionTimers:
                 del self._idle[idle.eio_sid]
                 idle.cancel()
 
-    def end(self, conn: Connection, reason: str, *, tell: bool = True) -> None:
-        """End ``conn``'s session for ``reason``: ``auth:{reason}`` ``{reason}`` (unless
-        ``tell`` is false), then a server disconnect, soon (by the drain task). A
-        socket already being ended keeps its first reason."""
+    def end(
+        self, conn: Connection, reason: str, *, tell: bool = True, event: str | None = None
+    ) -> bool:
+        """End ``conn``'s session for ``reason``: ``auth:{reason}`` (or ``event``)
+        ``{reason}`` (unless ``tell`` is false), then a server disconnect, soon (by
+        the drain task). A socket already being ended keeps its first reason;
+        ``False`` then."""
         current = self._entries.get(conn.sid)
         if current is not None and current.ended_for is not None:
-            return
+            return False
         self.cancel(conn.sid)
-        entry = _Entry(conn, 0.0, warned=True, ended_for=reason, tell=tell)
+        entry = _Entry(conn, 0.0, warned=True, ended_for=reason, tell=tell, event=event)
         self._entries[conn.sid] = entry
         self._push(entry, reason)
+        return True
 
     def watch(self, conn: Connection) -> None:
         """Log ``conn``'s client connection off after ``idle_timeout`` without
@@ -281,7 +286,10 @@ class SessionTimers:
             async with asyncio.timeout(_END_TIMEOUT):
                 if entry.tell:
                     await server.emit(
-                        f"auth:{reason}", {"reason": reason}, to=conn.sid, namespace=conn.namespace
+                        entry.event or f"auth:{reason}",
+                        {"reason": reason},
+                        to=conn.sid,
+                        namespace=conn.namespace,
                     )
                 await server.disconnect(conn.sid, namespace=conn.namespace)
         finally:

@@ -3,6 +3,7 @@ process so that the test can kill it::
 
     python tests/cluster_node.py --port P --redis-url URL --secret KEY [--ttl T]
         [--max-age SECONDS] [--idle-timeout SECONDS] [--canary-interval SECONDS]
+        [--max-sockets-per-user N]
 
 Serves the reference clinic gateway (built-in namespaces, reference rules, tokens
 signed with ``--secret`` and accepted for ``--max-age`` seconds, idle logoff after
@@ -52,6 +53,7 @@ def build_app(args: argparse.Namespace) -> tuple[web.Application, Gateway]:
             shutdown_grace=0.5,
             idle_timeout=args.idle_timeout,
             cluster_canary_interval=args.canary_interval,
+            max_sockets_per_user=args.max_sockets_per_user,
         ),
     )
     app = web.Application()
@@ -101,6 +103,7 @@ async def main() -> None:
     parser.add_argument("--max-age", type=float, default=600.0)
     parser.add_argument("--idle-timeout", type=float, default=None)
     parser.add_argument("--canary-interval", type=float, default=2.0)
+    parser.add_argument("--max-sockets-per-user", type=int, default=50)
     args = parser.parse_args()
     # Warnings go to stderr, which the test keeps in a file and reads.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")

@@ -86,6 +86,11 @@ NUMERIC_FIELDS = (
     "rate_limit",
     "rate_burst",
     "max_pending_output",
+    "user_rate_limit",
+    "user_rate_burst",
+    "rate_limit_disconnect_after",
+    "max_rooms_per_socket",
+    "max_sockets_per_user",
 )
 
 BAD_FIELDS: list[tuple[str, object]] = [

@@ -16,6 +16,7 @@ from realtime_gateway import (
     GatewayError,
     GatewayNotRunning,
     InvalidPayload,
+    LimitExceeded,
     NotFound,
     PermissionDenied,
     RateLimited,
@@ -29,6 +30,7 @@ PUBLIC_ERRORS: dict[type[GatewayError], str] = {
     InvalidPayload: "invalid_payload",
     NotFound: "not_found",
     RateLimited: "rate_limited",
+    LimitExceeded: "limit_exceeded",
     GatewayNotRunning: "unavailable",
 }
 

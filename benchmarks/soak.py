@@ -154,6 +154,7 @@ class Sample:
     rate_limited: int  # events refused rate_limited so far
     user_sockets: int | None = None
     by_coroutine: dict[str, int] = attrs.field(factory=dict)  # the most frequent tasks
+    server_cpu: float = 0.0  # the server's CPU seconds so far
     loadgen_cpu: float = 0.0  # the load generator's CPU seconds so far
 
     @classmethod
@@ -171,6 +172,7 @@ class Sample:
             rate_limited=int(figures["events_refused"].get("rate_limited", 0)),
             user_sockets=figures.get("user_sockets"),
             by_coroutine=dict(figures["tasks_by_coroutine"]),
+            server_cpu=float(figures["cpu_seconds"]),
             loadgen_cpu=time.process_time(),
         )
 
@@ -237,8 +239,9 @@ class SoakReport:
         """The report's figures and verdicts, as JSON data."""
         after = [s for s in self.samples if s.phase != "warm-up"]
         rss = [s.rss_kib for s in after]
-        quiet_tasks = [s.tasks for s in after if s.phase == "quiet"]
-        tail_tasks = [s.tasks for s in after if s.phase == "tail"]
+        # Per live connection: the churn moves how many are connected at a moment.
+        quiet_tasks = [s.tasks / max(1, s.connections) for s in after if s.phase == "quiet"]
+        tail_tasks = [s.tasks / max(1, s.connections) for s in after if s.phase == "tail"]
         quiet = sorted(self.echo_ms.get("quiet", []))
         flood = sorted(self.echo_ms.get("flood", []))
         figures: dict[str, Any] = {
@@ -313,17 +316,19 @@ class SoakReport:
             "messages": self.messages,
             "publisher_rounds": self.publisher_rounds,
         }
-        figures["loadgen_busy"] = self.loadgen_busy()
+        figures["loadgen_busy"] = self.busy("loadgen_cpu")
+        figures["server_busy"] = self.busy("server_cpu")
         figures["errors"] = list(self.errors)
         return figures
 
-    def loadgen_busy(self) -> dict[str, float]:
-        """The load generator's CPU share in each phase."""
+    def busy(self, field: str) -> dict[str, float]:
+        """The CPU share in each phase of the load generator (``loadgen_cpu``) or
+        the server (``server_cpu``)."""
         busy: dict[str, float] = {}
         for name, _ in PHASES:
             inside = [s for s in self.samples if s.phase == name]
             if len(inside) >= 2 and inside[-1].t > inside[0].t:
-                cpu = inside[-1].loadgen_cpu - inside[0].loadgen_cpu
+                cpu = getattr(inside[-1], field) - getattr(inside[0], field)
                 busy[name] = cpu / (inside[-1].t - inside[0].t)
         return busy
 
@@ -443,7 +448,8 @@ class Soak:
     async def run(self) -> SoakReport:
         report = self.report
         async with (
-            aiohttp.ClientSession() as http,
+            # One keep-alive connection for the samples: its handler is one known task.
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http,
             LoadGenerator(self.url, client_class=SoakClient) as gen,
         ):
             self._http, self._gen = http, gen
@@ -474,8 +480,8 @@ class Soak:
                 await controller.close()
                 report.closed, _ = await self.settle(0)
             finally:
-                for task in (*slots, *background):
-                    task.cancel()
+                for pending in (*slots, *background):
+                    pending.cancel()
                 await asyncio.gather(*slots, *background, return_exceptions=True)
         return report
 
@@ -677,8 +683,9 @@ def markdown(report: SoakReport) -> list[str]:
     tasks = figures.get("tasks")
     if tasks:
         lines.append(
-            f"| asyncio tasks, quiet mean to tail mean | {tasks['quiet_mean']:,.0f} to "
-            f"{tasks['tail_mean']:,.0f} ({tasks['drift']:+.1%}); max {tasks['max']:,} "
+            f"| asyncio tasks per live connection, quiet mean to tail mean | "
+            f"{tasks['quiet_mean']:.2f} to {tasks['tail_mean']:.2f} ({tasks['drift']:+.1%}); "
+            f"max {tasks['max']:,} tasks "
             f"(flood {tasks['flood_max']:,}) | within {TASKS_FLAT:.0%} | "
             f"{_verdict(tasks['flat'])} |"
         )
@@ -742,8 +749,11 @@ def markdown(report: SoakReport) -> list[str]:
         f"`slow_consumer` evictions in all: {figures['slow_consumers_total']} | "
         f"every life served | {_verdict(not report.problems())} |"
     )
-    busy = ", ".join(f"{name} {share:.0%}" for name, share in figures["loadgen_busy"].items())
-    lines += ["", f"Load generator busy (CPU share of its one process): {busy}.", ""]
+    lines.append("")
+    for key, who in (("server_busy", "Server"), ("loadgen_busy", "Load generator")):
+        busy = ", ".join(f"{name} {share:.0%}" for name, share in figures[key].items())
+        lines.append(f"{who} busy (CPU share of its one process) by phase: {busy}.")
+    lines.append("")
     lines += [
         "Over time (the server's own figures):",
         "",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -148,6 +149,7 @@ async def soak_stats(gateway: Gateway, user: str | None = None) -> dict[str, Any
     by_coroutine = Counter(_coroutine(task) for task in tasks)
     figures: dict[str, Any] = {
         "rss_kib": _rss_kib(),
+        "cpu_seconds": time.process_time(),
         "tasks": len(tasks),
         "tasks_by_coroutine": dict(by_coroutine.most_common(8)),
         # python-engineio's ping timer of a socket outlives the socket by up to

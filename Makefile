@@ -52,11 +52,15 @@ test: lint typecheck pytest
 clean:
 	rm -rf $(VENV) node_modules benchmarks/node/node_modules .pytest_cache .mypy_cache .ruff_cache
 
-# Benchmarks against raw python-socketio and Node's socket.io: writes
-# benchmarks/RESULTS.md. Node's socket.io goes into benchmarks/node/node_modules.
-.PHONY: bench
+# Benchmarks against raw python-socketio and Node's socket.io, then the 5-minute soak
+# of the gateway alone: writes benchmarks/RESULTS.md. Node's socket.io goes into
+# benchmarks/node/node_modules. `make soak` runs the soak alone (benchmarks/SOAK.md).
+.PHONY: bench soak
 bench: $(STAMP)
 	@test -f benchmarks/node/node_modules/socket.io/package.json || \
 		npm install --prefix benchmarks/node --no-audit --no-fund
 	@test -x $(VENV)/bin/py-spy || $(PY) -m pip install --quiet py-spy
 	$(PY) benchmarks/run.py
+
+soak: $(STAMP)
+	$(PY) benchmarks/run.py --scenarios SOAK --servers A --out benchmarks/SOAK.md

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import SimpleNamespace
@@ -249,6 +250,14 @@ class Client:
             values = json.loads(data[bracket:])
             future.set_result(values[0] if values else None)
 
+    async def stop_reading(self) -> None:
+        """Stop reading what the server sends, as a stalled client does: the client's
+        buffers fill, then TCP holds the server back."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+
     async def close(self) -> None:
         """Leave: close the websocket (the server sees the transport go)."""
         with contextlib.suppress(Exception):
@@ -261,11 +270,22 @@ class Client:
 
 class LoadGenerator:
     """Opens clients to one server; records the websocket extensions offered and
-    those the server answered with (``Sec-WebSocket-Extensions``)."""
+    those the server answered with (``Sec-WebSocket-Extensions``). Clients are made
+    by ``client_class``; ``receive_buffer`` sets their sockets' ``SO_RCVBUF``
+    (bytes), as a slow reader's would be."""
 
-    def __init__(self, base_url: str, *, connect_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float = 15.0,
+        client_class: type[Client] = Client,
+        receive_buffer: int | None = None,
+    ) -> None:
         self.url = base_url.rstrip("/") + "/socket.io/?EIO=4&transport=websocket"
         self.connect_timeout = connect_timeout
+        self.client_class = client_class
+        self.receive_buffer = receive_buffer
         self.extensions: set[str] = set()
         self.offered: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -274,8 +294,10 @@ class LoadGenerator:
     async def __aenter__(self) -> LoadGenerator:
         trace = aiohttp.TraceConfig()
         trace.on_request_end.append(self._record_extensions)
+        factory = None if self.receive_buffer is None else _receive_buffer(self.receive_buffer)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), trace_configs=[trace]
+            connector=aiohttp.TCPConnector(limit=0, socket_factory=factory),
+            trace_configs=[trace],
         )
         return self
 
@@ -298,7 +320,7 @@ class LoadGenerator:
         self._count += 1
         async with asyncio.timeout(self.connect_timeout):
             ws = await self._session.ws_connect(self.url, compress=15, max_msg_size=0)
-            client = Client(ws, f"c{self._count}")
+            client = self.client_class(ws, f"c{self._count}")
             try:
                 await client.handshake(token)
             except BaseException:
@@ -331,6 +353,17 @@ class LoadGenerator:
             raise
         elapsed = time.perf_counter() - started
         return [client for client in clients if client is not None], elapsed
+
+
+def _receive_buffer(size: int) -> Callable[[Any], socket.socket]:
+    def make(addr_info: Any) -> socket.socket:
+        family, kind, proto = addr_info[:3]
+        sock = socket.socket(family, kind, proto)
+        # Before connecting, so that the window the client offers stays small.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        return sock
+
+    return make
 
 
 async def close_all(clients: Iterable[Client], *, within: float = 20.0) -> None:

@@ -14,7 +14,9 @@ scenario, and ended by its pid:
 One load generator (``loadgen.py``, in this process) drives them all. Scenarios:
 S1 fan-out to 1,000 clients in one room (100 B and 1 KB payloads), S2 authenticated
 connects per second, S3 acknowledgement round trips with 1,000 clients connected,
-S4 idle memory per authenticated connection, S5 1,000 clients in 100 rooms of 10.
+S4 idle memory per authenticated connection, S5 1,000 clients in 100 rooms of 10,
+and SOAK (server A only, ``soak.py``): 2,000 clients churning for 5 minutes, with
+one slow reader and one flooder (``--soak-seconds`` and ``--soak-clients`` size it).
 Every ``bench:msg`` is checked: each client must get every sequence number in
 order. The exit status is 1 when a server failed a check, 2 when the harness could
 not run. Where a target of the full run is missed, the gateway server is profiled
@@ -53,6 +55,8 @@ from typing import IO, Any
 
 import attrs
 from loadgen import Client, Delivery, LoadGenerator, ProtocolError, call_all, close_all
+from soak import FULL_SOAK, SMOKE_SOAK, Soak, SoakReport, SoakSizes
+from soak import markdown as soak_markdown
 
 from realtime_gateway import Identity, SignedTokenAuthenticator
 
@@ -546,6 +550,7 @@ class Results:
         self.loadgen_busy: dict[tuple[str, str], float] = {}  # load generator busy share
         self.profiles: dict[str, Profiler] = {}
         self.memory_profile: MemoryProfiler | None = None
+        self.soak: SoakReport | None = None
         self.errors: list[str] = []
 
     def measure(
@@ -604,6 +609,7 @@ class Context:
     sizes: Sizes
     tokens: Tokens
     results: Results
+    soak: SoakSizes = FULL_SOAK
     profiler: Profiler | None = None  # set when profiling the gateway's CPU
     memory: MemoryProfiler | None = None  # set when tracing the gateway's memory
 
@@ -919,6 +925,20 @@ async def scenario_memory(ctx: Context, spec: ServerSpec, server: ServerProcess)
     measure.values[spec.key] = (after - before) / len(clients)
 
 
+async def scenario_soak(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
+    """SOAK: the gateway under churn with a slow reader and a flooder (``soak.py``)."""
+    soak = Soak(ctx.soak, server.url, lambda user: ctx.tokens.token(spec.auth, user))
+    ctx.results.soak = soak.report
+    report = await soak.run()
+    check = ctx.results.check("SOAK", spec.key)
+    check.expected, check.received = (
+        report.lives_checked,
+        (report.lives_checked - report.lives_without_messages),
+    )
+    for problem in report.problems():
+        check.fail(problem)
+
+
 def _record_extensions(ctx: Context, spec: ServerSpec, gen: LoadGenerator) -> None:
     ctx.results.extensions[spec.key] |= gen.extensions
     ctx.results.offered |= gen.offered
@@ -943,7 +963,10 @@ SCENARIOS: dict[str, Scenario] = {
     "S3": scenario_acks,
     "S4": scenario_memory,
     "S5": scenario_rooms,
+    "SOAK": scenario_soak,
 }
+GATEWAY_ONLY = {"SOAK"}  # scenarios run against server A alone
+SCENARIO_ENV = {"SOAK": {"BENCH_SOAK": "1"}}  # the gateway server's soak mode
 TARGET_SCENARIO = {"S1-100": "S1", "S1-1024": "S1", "S2": "S2", "S3-p99": "S3", "S4": "S4"}
 
 
@@ -953,10 +976,13 @@ TARGET_SCENARIO = {"S1-100": "S1", "S1-1024": "S1", "S2": "S2", "S3-p99": "S3", 
 async def run_scenario(
     name: str, ctx: Context, specs: Sequence[ServerSpec], secret: str, log_dir: Path
 ) -> None:
+    if name in GATEWAY_ONLY:
+        specs = [spec for spec in specs if spec.key == "A"]
     for spec in specs:
         print(f"  {name} on {spec.key} ({spec.name}) ...", flush=True)
         started = time.perf_counter()
-        async with ServerProcess(spec, secret, log_dir) as server:
+        env = SCENARIO_ENV.get(name)
+        async with ServerProcess(spec, secret, log_dir, env) as server:
             try:
                 await SCENARIOS[name](ctx, spec, server)
             except Exception as exc:
@@ -1015,13 +1041,22 @@ async def run(args: argparse.Namespace) -> Results:
     names = [name for name in SCENARIOS if name in args.scenarios]
     secret = secrets.token_urlsafe(32)
     results = Results(specs)
-    ctx = Context(sizes=sizes, tokens=Tokens(secret), results=results)
+    soak = SMOKE_SOAK if args.smoke else FULL_SOAK
+    soak = attrs.evolve(
+        soak,
+        seconds=args.soak_seconds or soak.seconds,
+        clients=args.soak_clients or soak.clients,
+    )
+    ctx = Context(sizes=sizes, tokens=Tokens(secret), results=results, soak=soak)
     with tempfile.TemporaryDirectory(prefix="rtg-bench-") as tmp:
         log_dir = Path(tmp)
         for name in names:
             print(f"{name}:", flush=True)
             await run_scenario(name, ctx, specs, secret, log_dir)
-            print(scenario_table(results, name, specs), flush=True)
+            if name in GATEWAY_ONLY and results.soak is not None:
+                print("\n".join(soak_markdown(results.soak)), flush=True)
+            else:
+                print(scenario_table(results, name, specs), flush=True)
         if args.profile and not args.smoke and any(spec.key == "A" for spec in specs):
             await profile_missed(results, sizes, secret, log_dir, also=args.also_profile)
     return results
@@ -1238,6 +1273,8 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
         "|---|" + "---|" * len(results.servers),
     ]
     for name in SCENARIOS:
+        if name in GATEWAY_ONLY:
+            continue  # in its own section
         cells = []
         for spec in results.servers:
             check = results.checks.get((name, spec.key))
@@ -1301,6 +1338,8 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
             lines += [f"- {kb:.2f} KB `{where}`" for where, kb in memory.files]
             lines += ["", "By line, KB per connection:", ""]
             lines += [f"- {kb:.2f} KB `{where}`" for where, kb in memory.lines]
+    if results.soak is not None:
+        lines += ["", *soak_markdown(results.soak)]
     if results.errors:
         lines += ["", "## Errors", ""]
         lines += [f"- {error}" for error in results.errors]
@@ -1335,6 +1374,7 @@ def as_json(results: Results) -> dict[str, Any]:
         ],
         "extensions": {key: sorted(values) for key, values in results.extensions.items()},
         "targets": [attrs.asdict(target) for target in results.evaluate()],
+        "soak": None if results.soak is None else results.soak.figures(),
         "errors": results.errors,
     }
 
@@ -1356,6 +1396,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--also-profile", default="", help="profile these scenarios too, e.g. S1,S5"
+    )
+    parser.add_argument(
+        "--soak-seconds", type=float, default=None, help="how long SOAK runs (default: 300)"
+    )
+    parser.add_argument(
+        "--soak-clients", type=int, default=None, help="SOAK's churning clients (default: 2000)"
     )
     args = parser.parse_args(argv)
     args.scenarios = [name.strip().upper() for name in args.scenarios.split(",") if name.strip()]

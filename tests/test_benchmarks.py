@@ -1,7 +1,7 @@
 """The benchmark harness, in its smoke version, so that it cannot rot: every scenario
-with a handful of clients against the three servers (the gateway, raw
-python-socketio, Node's socket.io). Nothing is timed here: the test asserts only
-that each server delivered every message in order and that the report has its
+but the soak (test_soak_benchmark.py) with a handful of clients against the three
+servers (the gateway, raw python-socketio, Node's socket.io). Nothing is timed here:
+the test asserts only that each server delivered every message in order and that the report has its
 table with all five scenarios and all three servers.
 
 The harness installs Node's socket.io into benchmarks/node/node_modules when it is
@@ -27,9 +27,10 @@ SMOKE_WITHIN = 240.0  # seconds: the smoke run takes about 25, an npm install a 
 @pytest.mark.timeout(SMOKE_WITHIN + 30)
 def test_smoke_run_delivers_everything_in_order_and_reports(tmp_path: Path) -> None:
     report, results = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    output = ["--out", str(report), "--json", str(results)]
     try:
         done = subprocess.run(  # noqa: S603 (our own harness, with this interpreter)
-            [sys.executable, str(RUN), "--smoke", "--out", str(report), "--json", str(results)],
+            [sys.executable, str(RUN), "--smoke", "--scenarios", ",".join(SCENARIOS), *output],
             cwd=ROOT,
             capture_output=True,
             text=True,

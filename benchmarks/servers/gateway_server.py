@@ -10,7 +10,10 @@ Tokens are ``SignedTokenAuthenticator([secret], salt=SALT)`` tokens. Prints
 ``ready <port>`` once listening; on SIGTERM or SIGINT shuts the gateway down, then
 the web server. With ``BENCH_TRACEMALLOC`` set to a folder, Python's allocations are
 traced and each SIGUSR1 writes a snapshot there (``snapshot-<n>.tracemalloc``): the
-harness uses it to explain the memory a connection takes.
+harness uses it to explain the memory a connection takes. With ``BENCH_SOAK`` set
+(the soak scenario), the gateway runs with its default limits (the per-connection
+rate limit included) and ``GET /bench/stats`` answers the server's own figures (see
+:func:`soak_stats`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import tracemalloc
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,14 +95,21 @@ class BenchNamespace(GatewayNamespace):
         return {"sent": count * room_count}
 
 
-def make_gateway(secret: str) -> Gateway:
+def make_gateway(secret: str, *, soak: bool = False) -> Gateway:
+    # The soak keeps every default limit (it checks that they hold under churn) but
+    # the per-address handshake budget: every load-generator client comes from one
+    # address.
+    config = (
+        GatewayConfig(shutdown_grace=0.5, handshake_rate=None)
+        if soak
+        else GatewayConfig(rate_limit=None, handshake_rate=None, shutdown_grace=0.5)
+    )
     return Gateway(
         authenticator=SignedTokenAuthenticator([secret], salt=SALT, max_age=TOKEN_MAX_AGE),
         # Any user may join the benchmark rooms; everything else is the reference rules.
         authorizer=reference_rules()
         + RuleAuthorizer([Rule(actions="join", target="bench:{room}")]),
-        # Every load-generator client comes from one address: no handshake budget.
-        config=GatewayConfig(rate_limit=None, handshake_rate=None, shutdown_grace=0.5),
+        config=config,
         namespaces=[BenchNamespace("/")],
     )
 
@@ -117,12 +130,62 @@ def snapshot_on_sigusr1(folder: Path) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
 
 
-async def serve(gateway: Gateway, port: int) -> None:
+def _coroutine(task: asyncio.Task[Any]) -> str:
+    return getattr(task.get_coro(), "__qualname__", "?")
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def soak_stats(gateway: Gateway, user: str | None = None) -> dict[str, Any]:
+    """What the soak samples: this process's RSS (KiB), its asyncio tasks, the
+    gateway's live connections, the registry's sockets, python-engineio's sessions,
+    the counters of the limits, and (with ``user``) how many sockets the registry
+    holds for that user."""
+    stats = await gateway.stats()
+    tasks = asyncio.all_tasks()
+    by_coroutine = Counter(_coroutine(task) for task in tasks)
+    figures: dict[str, Any] = {
+        "rss_kib": _rss_kib(),
+        "cpu_seconds": time.process_time(),
+        "tasks": len(tasks),
+        "tasks_by_coroutine": dict(by_coroutine.most_common(8)),
+        # python-engineio's ping timer of a socket outlives the socket by up to
+        # ping_interval (it is not cancelled on close): counted apart.
+        "ping_timers": by_coroutine["AsyncSocket._send_ping"],
+        "connections": len(gateway.connections),
+        "registry": len(await gateway.registry.connections()),
+        "eio_sessions": len(gateway.server.eio.sockets),
+        "slow_consumers": stats["slow_consumers"],
+        "events_received": sum(stats["events_received"].values()),
+        "events_refused": stats["events_refused"],
+        "protocol_errors": stats["protocol_errors"],
+        "connections_total": stats["connections_total"],
+    }
+    if user is not None:
+        figures["user_sockets"] = len(await gateway.registry.user_sockets(user))
+    return figures
+
+
+def stats_route(gateway: Gateway) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response(await soak_stats(gateway, request.query.get("user")))
+
+    return handle
+
+
+async def serve(gateway: Gateway, port: int, *, soak: bool = False) -> None:
     trace_to = os.environ.get("BENCH_TRACEMALLOC")
     if trace_to:
         snapshot_on_sigusr1(Path(trace_to))
     app = web.Application()
     gateway.attach(app)
+    if soak:
+        app.router.add_get("/bench/stats", stats_route(gateway))
 
     def started(url: str) -> None:
         bound = urlsplit(url).port
@@ -134,7 +197,9 @@ async def serve(gateway: Gateway, port: int) -> None:
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    asyncio.run(serve(make_gateway(require_secret(args.secret)), args.port))
+    soak = bool(os.environ.get("BENCH_SOAK"))
+    gateway = make_gateway(require_secret(args.secret), soak=soak)
+    asyncio.run(serve(gateway, args.port, soak=soak))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,6 @@ from aiohttp import WebSocketError, WSMsgType
 from aiohttp.web import WebSocketResponse
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
-from engineio import payload as eio_payload
 from engineio.async_drivers.aiohttp import WebSocket as _UpstreamAiohttpWebSocket
 from engineio.async_drivers.asgi import WebSocket as _UpstreamAsgiWebSocket
 from engineio.async_socket import AsyncSocket
@@ -142,6 +141,16 @@ def decode_frame(frame: str | bytes, *, upgrade_probe: bool = False) -> Any:
     return eio_packet.Packet(packet_type, rest or None)
 
 
+# Packets in one polling POST. Clients send everything they have buffered in one
+# body (the official client and python-socketio's alike), so python-engineio's
+# 16 closed well-behaved clients that emitted 17 events at once; the body's bytes
+# are bounded by max_payload_size, and this bounds the events one request starts.
+MAX_PACKETS_PER_BODY = 256
+# Packets in one long-poll response: python-engineio's client refuses a payload of
+# more than 16 (its Payload.max_decode_packets) and drops the connection.
+MAX_PACKETS_PER_RESPONSE = 16
+
+
 def decode_body(body: bytes) -> list[Any]:
     """Decode a polling POST body into packets or raise :class:`BadFrame`."""
     try:
@@ -151,7 +160,7 @@ def decode_body(body: bytes) -> list[Any]:
     if not text:
         raise BadFrame("empty body")
     parts = text.split("\x1e")
-    if len(parts) > eio_payload.Payload.max_decode_packets:
+    if len(parts) > MAX_PACKETS_PER_BODY:
         raise BadFrame("too many packets")
     return [decode_frame(part) for part in parts]
 
@@ -240,9 +249,26 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         self.queued_bytes -= pkt.size if type(pkt) is SizedPacket else packet_size(pkt)
 
     async def poll(self) -> list[Any]:
-        """The queued packets for a long-poll (python-engineio's ``poll``); they
+        """The queued packets for a long-poll, as python-engineio's ``poll`` but at
+        most :data:`MAX_PACKETS_PER_RESPONSE` (the rest wait for the next one); they
         leave the pending output as they go into the HTTP response."""
-        packets: list[Any] = await super().poll()
+        try:
+            first = await asyncio.wait_for(
+                self.queue.get(), self.server.ping_interval + self.server.ping_timeout
+            )
+            self.queue.task_done()
+        except (TimeoutError, asyncio.CancelledError):
+            raise eio_exceptions.QueueEmpty() from None
+        if first is None:
+            return []
+        packets: list[Any] = [first]
+        while len(packets) < MAX_PACKETS_PER_RESPONSE and not self.queue.empty():
+            pkt = self.queue.get_nowait()
+            self.queue.task_done()
+            if pkt is None:
+                self.queue.put_nowait(None)  # for whoever reads next, as upstream does
+                break
+            packets.append(pkt)
         for pkt in packets:
             self._sent(pkt)
         return packets

@@ -148,8 +148,6 @@ async def test_concurrent_joins_do_not_pass_the_cap_together(
     gateway = caps_gateway(authenticator, authorizer, max_rooms_per_socket=5)
     async with clients.serve(gateway, server_kind) as server:
         client = await clients.connect(server.url, transport=transport, auth=token(authenticator))
-        # 12: python-engineio refuses a polling body of more than 16 packets, and the
-        # client sends every packet queued in one body.
         joins = asyncio.gather(*(call(client, "join:room", f"ward-{n}") for n in range(12)))
         # Every join has been dispatched, so has checked the cap, and those let
         # through wait for the authorizer: none of them is in its room yet.

@@ -28,6 +28,7 @@ from realtime_gateway import (
     SignedTokenAuthenticator,
     event,
 )
+from realtime_gateway._engine import MAX_PACKETS_PER_BODY
 
 from .conftest import RunningServer, serve, socketio_client, until
 from .rawio import CONNECT, RawSession, eio_url
@@ -119,7 +120,10 @@ async def test_garbage_websocket_frame_closes_with_1002(
         await assert_next_connection_works(server, token, "websocket")
 
 
-@pytest.mark.parametrize("body", [*GARBAGE, "4ok\x1ex", "3\x1e" * 16 + "3", b"4\xff\xfe"])
+TOO_MANY_PACKETS = "3\x1e" * MAX_PACKETS_PER_BODY + "3"
+
+
+@pytest.mark.parametrize("body", [*GARBAGE, "4ok\x1ex", TOO_MANY_PACKETS, b"4\xff\xfe"])
 async def test_garbage_polling_body_is_answered_400_and_closes_the_session(
     server_kind: str, authenticator: SignedTokenAuthenticator, token: str, body: str | bytes
 ) -> None:
@@ -639,3 +643,27 @@ async def test_official_browser_client_cross_origin(
             assert refused == 0
         else:
             assert refused > 0
+
+
+async def test_a_client_emitting_many_events_at_once_over_polling_is_answered(
+    authenticator: SignedTokenAuthenticator, server_kind: str
+) -> None:
+    # The client sends every packet it has buffered in one POST body.
+    gateway = make_gateway(authenticator, max_payload_size=100_000, max_event_size=4096)
+    async with serve(gateway, server_kind) as server:
+        client = socketio_client()
+        try:
+            await client.connect(
+                server.url,
+                transports=["polling"],
+                auth={"token": authenticator.issue(Identity(user_id=USER))},
+                wait_timeout=5,
+            )
+            acks = await asyncio.gather(
+                *(client.call("echo", "x" * n, timeout=10) for n in range(60))
+            )
+            assert [ack["length"] for ack in acks] == list(range(60))
+            assert client.connected
+            assert gateway.metrics.protocol_errors == {}
+        finally:
+            await client.disconnect()

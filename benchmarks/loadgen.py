@@ -10,7 +10,10 @@ benchmark protocol the same way on every server:
 
 Every ``bench:msg`` ``seq, payload`` a client receives is counted and checked: the
 sequence numbers of a run must arrive complete and in order, each payload of the
-announced size. :class:`Delivery` follows one run over many clients.
+announced size. :class:`Delivery` follows one run over many clients. Other events
+(the gateway's ``auth:expiring``, ``auth:expired``) are counted by name with the
+time the first of each arrived. A server disconnect (``41``) closes the websocket,
+as the official client does when its last namespace is disconnected.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import json
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -134,6 +138,9 @@ class Client:
         self._next_seq = 0
         self._got = 0
         self.stray = 0  # bench:msg frames outside any run
+        self.events: Counter[str] = Counter()  # other events received, by name
+        self.first_seen: dict[str, float] = {}  # perf_counter of each one's first
+        self.disconnected_at: float | None = None  # perf_counter of a server disconnect
 
     # -- the handshake -----------------------------------------------------------
 
@@ -230,9 +237,14 @@ class Client:
                     await ws.send_str("3")
                 elif data.startswith("43"):
                     self._ack(data)
-                elif data.startswith("41") or data == "1":
-                    break  # the server disconnected us
-                # Other events (none in the benchmark protocol) are ignored.
+                elif data.startswith('42["'):
+                    self._event(data[4 : data.find('"', 4)])
+                elif data.startswith("41"):
+                    self.disconnected_at = time.perf_counter()
+                    await ws.close()
+                    break
+                elif data == "1":
+                    break  # the server closed the connection
         except (aiohttp.ClientError, ConnectionError):
             pass
         finally:
@@ -240,6 +252,10 @@ class Client:
             for future in self._acks.values():
                 if not future.done():
                     future.set_exception(ProtocolError("connection closed"))
+
+    def _event(self, name: str) -> None:
+        self.events[name] += 1
+        self.first_seen.setdefault(name, time.perf_counter())
 
     def _ack(self, data: str) -> None:
         bracket = data.find("[")
@@ -318,9 +334,10 @@ class LoadGenerator:
         """Open one client and connect it to namespace ``/``."""
         assert self._session is not None, "use the load generator as a context manager"
         self._count += 1
+        name = f"c{self._count}"
         async with asyncio.timeout(self.connect_timeout):
             ws = await self._session.ws_connect(self.url, compress=15, max_msg_size=0)
-            client = self.client_class(ws, f"c{self._count}")
+            client = self.client_class(ws, name)
             try:
                 await client.handshake(token)
             except BaseException:

@@ -1,4 +1,4 @@
-"""The benchmark harness: five scenarios, side by side, against three servers.
+"""The benchmark harness: six scenarios, side by side, against three servers.
 
     python benchmarks/run.py                      # the full run, writes benchmarks/RESULTS.md
     python benchmarks/run.py --smoke --out /tmp/RESULTS.md   # a handful of clients
@@ -14,13 +14,18 @@ scenario, and ended by its pid:
 One load generator (``loadgen.py``, in this process) drives them all. Scenarios:
 S1 fan-out to 1,000 clients in one room (100 B and 1 KB payloads), S2 authenticated
 connects per second, S3 acknowledgement round trips with 1,000 clients connected,
-S4 idle memory per authenticated connection, S5 1,000 clients in 100 rooms of 10,
-and SOAK (server A only, ``soak.py``): 2,000 clients churning for 5 minutes, with
-one slow reader and one flooder (``--soak-seconds`` and ``--soak-clients`` size it).
+S4 idle memory per authenticated connection (on A also without expiry timers, to
+tell what they cost), S5 1,000 clients in 100 rooms of 10, and, on A only, S6 the
+expiry storm: 5,000 sockets whose tokens expire in the same second while 100 other
+clients keep calling, their acknowledgement p99 compared with a quiet window, and
+SOAK (``soak.py``): 2,000 clients churning for 5 minutes, with one slow reader and
+one flooder (``--soak-seconds`` and ``--soak-clients`` size it).
 Every ``bench:msg`` is checked: each client must get every sequence number in
-order. The exit status is 1 when a server failed a check, 2 when the harness could
-not run. Where a target of the full run is missed, the gateway server is profiled
-with py-spy under that scenario and the top frames go into the results.
+order; in S6 each of the 5,000 must get ``auth:expiring`` then ``auth:expired`` and
+be disconnected, not before its expiry. The exit status is 1 when a server failed a
+check, 2 when the harness could not run. Where a target of the full run is missed,
+the gateway server is profiled with py-spy under that scenario and the top frames go
+into the results.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import gc
 import hashlib
 import hmac
 import json
+import math
 import os
 import platform
 import random
@@ -71,6 +77,7 @@ TOKEN_TTL = 3600
 READY_TIMEOUT = 30.0  # seconds for a server to print "ready <port>"
 STOP_TIMEOUT = 10.0  # seconds for a server to exit after SIGTERM before SIGKILL
 CALL_TIMEOUT = 30.0  # seconds for any acknowledgement
+STORM_TIMEOUT = 90.0  # S6: seconds after the expiry for every expiring socket to be ended
 NPM_TIMEOUT = 300.0
 PROFILE_RATE = 200  # py-spy samples per second
 
@@ -98,6 +105,15 @@ class Sizes:
     idle_connections: int
     rooms: int
     room_clients: int
+    storm_clients: int  # S6: sockets whose tokens expire in the same second
+    storm_steady: int  # S6: clients with long-lived tokens calling meanwhile
+    storm_gap: float  # S6: mean seconds between two calls of one steady client
+    storm_lead: float  # S6: seconds from issuing the expiring tokens to their expiry
+    storm_settle: float  # S6: seconds left out after the connects and before expiry
+    storm_min_quiet: float  # S6: the quiet window must last this long at least
+    storm_runs: int  # S6: storms counted, one after the other on one server
+    storm_max_runs: int  # S6: storms run at most, while other processes spoil some
+    storm_judge: bool  # S6: count only storms on an otherwise idle machine
 
 
 FULL = Sizes(
@@ -117,6 +133,15 @@ FULL = Sizes(
     idle_connections=2000,
     rooms=100,
     room_clients=1000,
+    storm_clients=5000,
+    storm_steady=100,
+    storm_gap=0.1,
+    storm_lead=20.0,
+    storm_settle=1.0,
+    storm_min_quiet=4.0,
+    storm_runs=3,
+    storm_max_runs=6,
+    storm_judge=True,
 )
 SMOKE = Sizes(
     fanout_clients=10,
@@ -135,6 +160,15 @@ SMOKE = Sizes(
     idle_connections=20,
     rooms=2,
     room_clients=10,
+    storm_clients=20,
+    storm_steady=5,
+    storm_gap=0.02,
+    storm_lead=2.5,
+    storm_settle=0.2,
+    storm_min_quiet=0.5,
+    storm_runs=1,
+    storm_max_runs=1,
+    storm_judge=False,
 )
 
 
@@ -182,6 +216,15 @@ class Tokens:
 
     def many(self, auth: str, count: int, prefix: str = "u") -> list[str | None]:
         return [self.token(auth, f"{prefix}{index}") for index in range(count)]
+
+    def expiring(self, user_id: str, at: int) -> str:
+        """A gateway token whose ``exp`` claim is the Unix time ``at``."""
+        identity = Identity(
+            user_id=user_id,
+            roles=frozenset({"nurse"}),
+            expires_at=dt.datetime.fromtimestamp(at, dt.UTC),
+        )
+        return self._gateway.issue(identity)
 
     def _make(self, auth: str, user_id: str) -> str | None:
         if auth == "none":
@@ -481,6 +524,7 @@ class Measure:
     label: str
     unit: str
     higher_is_better: bool
+    only: tuple[str, ...] | None = None  # the servers it applies to (None: all)
     values: dict[str, float | None] = attrs.field(factory=dict)
     counts: dict[str, int] = attrs.field(factory=dict)  # messages per client per run
     spread: dict[str, tuple[float, float]] = attrs.field(factory=dict)  # slowest, fastest run
@@ -535,7 +579,9 @@ TARGETS = (
     Target("S2 connects/s >= 0.9x python-socketio (no auth)", "S2", "ratio_at_least", 0.9, "B"),
     Target("S3 p99 <= 1.2x python-socketio", "S3-p99", "ratio_at_most", 1.2, "B"),
     Target("S4 <= 12 KB per idle authenticated connection", "S4", "value_at_most", 12.0),
+    Target("S4 expiry timers <= 1 KB per idle connection", "S4-timers", "value_at_most", 1.0),
     Target("S5 deliveries/s >= 1.0x Node", "S5", "ratio_at_least", 1.0, "C"),
+    Target("S6 ack p99 during the expiry storm <= 3x quiet", "S6-ratio", "value_at_most", 3.0),
 )
 
 
@@ -551,13 +597,21 @@ class Results:
         self.profiles: dict[str, Profiler] = {}
         self.memory_profile: MemoryProfiler | None = None
         self.soak: SoakReport | None = None
+        self.details: dict[str, list[str]] = {}  # per scenario, said under the tables
         self.errors: list[str] = []
 
     def measure(
-        self, key: str, scenario: str, label: str, unit: str, *, higher_is_better: bool
+        self,
+        key: str,
+        scenario: str,
+        label: str,
+        unit: str,
+        *,
+        higher_is_better: bool,
+        only: tuple[str, ...] | None = None,
     ) -> Measure:
         if key not in self.measures:
-            self.measures[key] = Measure(scenario, label, unit, higher_is_better)
+            self.measures[key] = Measure(scenario, label, unit, higher_is_better, only)
         return self.measures[key]
 
     def check(self, scenario: str, server: str) -> Check:
@@ -594,9 +648,10 @@ class Results:
                     )
                 else:
                     target.met = target.value <= target.threshold
-                    target.gap = f"{target.value:.1f} KB" + (
-                        "" if target.met else f", {target.value / target.threshold - 1:.0%} over"
-                    )
+                    unit = self.measures[target.label].unit
+                    target.gap = _fmt(target.value, unit) + ("" if unit == "x" else f" {unit}")
+                    if not target.met:
+                        target.gap += f", {target.value / target.threshold - 1:.0%} over"
             evaluated.append(target)
         return evaluated
 
@@ -893,15 +948,47 @@ async def scenario_acks(ctx: Context, spec: ServerSpec, server: ServerProcess) -
 
 
 async def scenario_memory(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
-    """S4: the server's RSS growth per idle authenticated connection."""
+    """S4: the server's RSS growth per idle authenticated connection. The gateway's
+    tokens always carry an expiry, so its sockets have their expiry timers armed; on
+    A the same is measured once more on a server whose identities have no
+    ``expires_at`` (``BENCH_EXPIRY=off``), and the difference is what the timers cost."""
     sizes = ctx.sizes
     measure = ctx.results.measure(
         "S4",
         "S4",
-        f"S4 idle memory per connection (RSS delta at {sizes.idle_connections:,}; B: no auth)",
+        f"S4 idle memory per connection (RSS delta at {sizes.idle_connections:,}; B: no auth; "
+        "A: expiry timers armed)",
         "KB",
         higher_is_better=False,
     )
+    armed = measure.values[spec.key] = await _idle_memory(ctx, spec, server)
+    if spec.key != "A" or ctx.memory is not None:
+        return
+    without = ctx.results.measure(
+        "S4-no-expiry",
+        "S4",
+        "S4 A without expiry timers (BENCH_EXPIRY=off)",
+        "KB",
+        higher_is_better=False,
+        only=("A",),
+    )
+    timers = ctx.results.measure(
+        "S4-timers",
+        "S4",
+        "S4 what A's expiry timers cost (with minus without)",
+        "KB",
+        higher_is_better=False,
+        only=("A",),
+    )
+    env = {"BENCH_EXPIRY": "off"}
+    async with ServerProcess(spec, server.secret, server.log_path.parent, env) as plain:
+        plain_kb = without.values[spec.key] = await _idle_memory(ctx, spec, plain)
+    timers.values[spec.key] = armed - plain_kb
+
+
+async def _idle_memory(ctx: Context, spec: ServerSpec, server: ServerProcess) -> float:
+    """KB of RSS growth per idle connection on ``server``."""
+    sizes = ctx.sizes
     check = ctx.results.check("S4", spec.key)
     async with LoadGenerator(server.url) as gen:
         warmup = await _connect(gen, ctx, spec, sizes.connect_concurrency, prefix="w")
@@ -913,7 +1000,8 @@ async def scenario_memory(ctx: Context, spec: ServerSpec, server: ServerProcess)
         tokens = ctx.tokens.many(spec.auth, sizes.idle_connections)
         clients, _ = await gen.connect_many(tokens, concurrency=sizes.connect_concurrency)
         try:
-            check.expected, check.received = len(tokens), len(clients)
+            check.expected += len(tokens)
+            check.received += len(clients)
             await asyncio.sleep(2.0)  # idle
             after = server.rss_kib()
             if ctx.memory is not None:
@@ -922,7 +1010,361 @@ async def scenario_memory(ctx: Context, spec: ServerSpec, server: ServerProcess)
         finally:
             await close_all(clients)
         _record_extensions(ctx, spec, gen)
-    measure.values[spec.key] = (after - before) / len(clients)
+    return (after - before) / len(clients)
+
+
+@attrs.define
+class _Call:
+    """One steady client's call in S6: when it was sent and answered (perf_counter)."""
+
+    started: float
+    ended: float
+
+    @property
+    def ms(self) -> float:
+        return 1000 * (self.ended - self.started)
+
+
+class _Usage:
+    """CPU time of the server, of this process and of the whole machine, sampled
+    every 50 ms, to tell how busy each was in a window (the rest of the machine's
+    load is what other processes took)."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        # perf_counter, server, this process, all CPUs
+        self.samples: list[tuple[float, float, float, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Usage:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _sample(self) -> None:
+        while True:
+            self.samples.append(
+                (
+                    time.perf_counter(),
+                    self.server.cpu_seconds(),
+                    time.process_time(),
+                    machine_cpu_seconds(),
+                )
+            )
+            await asyncio.sleep(0.05)
+
+    def busy(self, start: float, end: float) -> tuple[float, float, float]:
+        """Shares of one CPU the server, this process and all other processes used
+        from ``start`` to ``end``."""
+        inside = [sample for sample in self.samples if start <= sample[0] <= end]
+        if len(inside) < 2:
+            return float("nan"), float("nan"), float("nan")
+        (t0, server0, own0, all0), (t1, server1, own1, all1) = inside[0], inside[-1]
+        server, own = server1 - server0, own1 - own0
+        others = max(0.0, all1 - all0 - server - own)
+        return server / (t1 - t0), own / (t1 - t0), others / (t1 - t0)
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time all processes have used, on all CPUs (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait
+    busy = sum(int(fields[index]) for index in (0, 1, 2, 5, 6, 7))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+@attrs.frozen
+class GcPause:
+    """A pause of the server's cyclic garbage collector (``BENCH_GC_LOG``)."""
+
+    ended: float  # Unix time
+    generation: int
+    ms: float
+
+
+def gc_pauses(server: ServerProcess) -> list[GcPause]:
+    """The garbage collector's pauses the server has logged so far."""
+    pauses = []
+    for line in server.log_tail(10_000_000).splitlines():
+        words = line.split()
+        if len(words) == 4 and words[0] == "gc":
+            pauses.append(GcPause(float(words[1]), int(words[2]), float(words[3])))
+    return pauses
+
+
+def _gc_summary(pauses: Sequence[GcPause], start: float, end: float) -> str:
+    inside = [pause for pause in pauses if start <= pause.ended <= end]
+    if not inside:
+        return "no collector pause of 1 ms or more"
+    longest = max(inside, key=lambda pause: pause.ms)
+    return (
+        f"collector pauses of 1 ms or more: {len(inside)}, {sum(p.ms for p in inside):.0f} ms "
+        f"in all, the longest {longest.ms:.0f} ms (generation {longest.generation})"
+    )
+
+
+@attrs.define
+class StormRun:
+    """One expiry storm of S6."""
+
+    ended: int = 0  # expiring sockets ended as specified
+    quiet: list[float] = attrs.field(factory=list)  # round trips, ms, sorted
+    storm: list[float] = attrs.field(factory=list)
+    quiet_seconds: float = 0.0
+    storm_seconds: float = 0.0
+    last: float = 0.0  # seconds from the expiry to the last disconnect
+    first_expired: float = 0.0  # seconds from the expiry to the first auth:expired
+    busy: dict[str, tuple[float, float, float]] = attrs.field(factory=dict)  # by window
+    gc: dict[str, str] = attrs.field(factory=dict)  # by window
+    too_short: bool = False  # the connects left less than storm_min_quiet before expiry
+
+    @property
+    def others(self) -> float:
+        """The most of a CPU other processes took in either window."""
+        return max(self.busy["quiet"][2], self.busy["storm"][2])
+
+    def counted(self, judge: bool) -> bool:
+        """Whether the storm measured the gateway: calls in both windows and, when
+        judging, the machine otherwise idle and a quiet window of its full length."""
+        if not self.quiet or not self.storm:
+            return False
+        return not judge or (self.others <= BUSY_MACHINE and not self.too_short)
+
+    @property
+    def quiet_p99(self) -> float:
+        return _percentile(self.quiet, 99)
+
+    @property
+    def storm_p99(self) -> float:
+        return _percentile(self.storm, 99)
+
+    @property
+    def ratio(self) -> float:
+        return self.storm_p99 / self.quiet_p99
+
+    def describe(self, index: int, storm: int, judge: bool) -> str:
+        if not self.quiet or not self.storm:
+            return (
+                f"- Storm {index}: {self.ended:,} of {storm:,} expiring sockets ended as "
+                f"specified; **not counted**: {len(self.quiet)} calls in the quiet window "
+                f"({self.quiet_seconds:.1f} s), {len(self.storm)} in the storm window."
+            )
+        busy = {
+            window: f"server {server:.0%} of a CPU, load generator {own:.0%}, "
+            f"other processes {others:.0%}"
+            for window, (server, own, others) in self.busy.items()
+        }
+        return (
+            f"- Storm {index}: p99 {self.quiet_p99:.2f} ms quiet, {self.storm_p99:.2f} ms in "
+            f"the storm ({self.ratio:.2f}x); p50 {_percentile(self.quiet, 50):.2f} / "
+            f"{_percentile(self.storm, 50):.2f} ms; max {self.quiet[-1]:.2f} / "
+            f"{self.storm[-1]:.2f} ms. {self.ended:,} of {storm:,} expiring sockets ended "
+            f"as specified, the first `auth:expired` {1000 * self.first_expired:+.0f} ms and "
+            f"the last disconnect {1000 * self.last:+.0f} ms after the expiry. Quiet window "
+            f"{self.quiet_seconds:.1f} s, {len(self.quiet):,} calls ({busy['quiet']}; "
+            f"{self.gc['quiet']}); storm window {self.storm_seconds:.1f} s, "
+            f"{len(self.storm):,} calls ({busy['storm']}; {self.gc['storm']})."
+            + (
+                f" **Not counted**: other processes took {self.others:.0%} of a CPU."
+                if judge and self.others > BUSY_MACHINE
+                else ""
+            )
+            + (" **Not counted**: the connects took too long." if judge and self.too_short else "")
+        )
+
+
+# A storm during which other processes took more of a CPU than this (in either
+# window) measured the machine, not the gateway: its figures are shown, not counted.
+BUSY_MACHINE = 0.10
+
+
+async def scenario_storm(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
+    """S6 (gateway only), ``storm_runs`` times on one server: ``storm_steady`` clients
+    with long-lived tokens call ``bench:echo`` one at a time at random intervals (as
+    in S3, about 1,000 calls/s overall) while ``storm_clients`` other sockets are
+    connected with tokens whose ``exp`` is the same whole second. The steady clients'
+    acknowledgement p99 in a quiet window (everyone connected, nobody expiring) is
+    compared with their p99 over the storm: every call in flight from the expiry to
+    ``storm_settle`` after the last expired socket was disconnected. Every expiring
+    socket must get ``auth:expiring``, then ``auth:expired`` (not before the
+    expiry), then a server disconnect; otherwise the scenario fails and no figure is
+    recorded. The figures are the medians over the storms during which the machine
+    was otherwise idle (all storms if none was)."""
+    sizes = ctx.sizes
+    results = ctx.results
+    storm, steady_count = sizes.storm_clients, sizes.storm_steady
+    quiet_p99 = results.measure(
+        "S6-quiet-p99",
+        "S6",
+        f"S6 ack p99 of {steady_count} clients, quiet ({storm:,} others connected)",
+        "ms",
+        higher_is_better=False,
+        only=("A",),
+    )
+    storm_p99 = results.measure(
+        "S6-storm-p99",
+        "S6",
+        f"S6 ack p99 of {steady_count} clients while {storm:,} sockets expire in 1 s",
+        "ms",
+        higher_is_better=False,
+        only=("A",),
+    )
+    ratio = results.measure(
+        "S6-ratio", "S6", "S6 storm p99 / quiet p99", "x", higher_is_better=False, only=("A",)
+    )
+    last = results.measure(
+        "S6-last",
+        "S6",
+        f"S6 from the expiry to the last of the {storm:,} disconnects",
+        "ms",
+        higher_is_better=False,
+        only=("A",),
+    )
+    check = results.check("S6", spec.key)
+    runs: list[StormRun] = []
+    while len(runs) < sizes.storm_max_runs:
+        runs.append(await _storm(ctx, spec, server, check, f"r{len(runs)}-"))
+        if not check.ok or sum(run.counted(sizes.storm_judge) for run in runs) >= sizes.storm_runs:
+            break
+    details = results.details.setdefault("S6", [])
+    details.append(
+        f"S6, {len(runs)} storm{'' if len(runs) == 1 else 's'} on one server, until "
+        f"{sizes.storm_runs} ran while other processes took at most {BUSY_MACHINE:.0%} of "
+        f"a CPU or {sizes.storm_max_runs} had run (figures: the median of those storms):"
+        if sizes.storm_judge
+        else f"S6, {len(runs)} storm{'' if len(runs) == 1 else 's'} on one server:"
+    )
+    details += [run.describe(index + 1, storm, sizes.storm_judge) for index, run in enumerate(runs)]
+    if not check.ok:
+        return  # a failure, not a figure
+    counted = [run for run in runs if run.counted(sizes.storm_judge)]
+    if not counted:
+        details.append("- No storm could be counted: no figure.")
+        return
+    quiet_p99.values[spec.key] = statistics.median(run.quiet_p99 for run in counted)
+    storm_p99.values[spec.key] = statistics.median(run.storm_p99 for run in counted)
+    ratio.values[spec.key] = statistics.median(run.ratio for run in counted)
+    last.values[spec.key] = 1000 * statistics.median(run.last for run in counted)
+
+
+async def _storm(
+    ctx: Context, spec: ServerSpec, server: ServerProcess, check: Check, prefix: str
+) -> StormRun:
+    """One expiry storm of S6 (see :func:`scenario_storm`)."""
+    sizes = ctx.sizes
+    rng = random.Random(11)  # noqa: S311 (pacing, not secrets)
+    text = "x" * 64
+    calls: list[_Call] = []
+    stop = asyncio.Event()
+
+    async def keep_calling(index: int, client: Client) -> None:
+        round_ = 0
+        while not stop.is_set():
+            await asyncio.sleep(rng.uniform(0, 2 * sizes.storm_gap))
+            payload = {"client": index, "round": round_, "text": text}
+            started = time.perf_counter()
+            answer = await client.call("bench:echo", payload, within=CALL_TIMEOUT)
+            ended = time.perf_counter()
+            round_ += 1
+            check.expected += 1
+            if answer == {"success": True, "payload": payload}:
+                check.received += 1
+                calls.append(_Call(started, ended))
+            else:
+                check.fail(f"bench:echo answered {answer!r}")
+
+    async with LoadGenerator(server.url) as gen:
+        steady = await _connect(gen, ctx, spec, sizes.storm_steady, prefix=f"{prefix}steady")
+        opened = list(steady)
+        try:
+            # One clock for both: the expiry is wall-clock time, the calls are timed
+            # with perf_counter.
+            offset = time.time() - time.perf_counter()
+            expires = math.floor(time.time() + sizes.storm_lead)
+            expiry = expires - offset
+            tokens = [
+                ctx.tokens.expiring(f"{prefix}doomed{index}", expires)
+                for index in range(sizes.storm_clients)
+            ]
+            doomed, _ = await gen.connect_many(tokens, concurrency=sizes.connect_concurrency)
+            opened += doomed
+            quiet = (time.perf_counter() + sizes.storm_settle, expiry - sizes.storm_settle)
+            callers = [
+                asyncio.create_task(keep_calling(index, client))
+                for index, client in enumerate(steady)
+            ]
+            try:
+                async with _Usage(server) as usage, ctx.measuring(server):
+                    deadline = expiry + STORM_TIMEOUT - time.perf_counter()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(deadline, 1.0)):
+                            await asyncio.gather(*(client.closed.wait() for client in doomed))
+                    seen = [c.disconnected_at for c in doomed if c.disconnected_at is not None]
+                    last = max(seen, default=time.perf_counter())
+                    window = (expiry, last + sizes.storm_settle)
+                    await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
+                    stop.set()
+                    await asyncio.gather(*callers)
+            finally:
+                stop.set()
+                for task in callers:
+                    task.cancel()
+                await asyncio.gather(*callers, return_exceptions=True)
+        finally:
+            await close_all(opened)
+        _record_extensions(ctx, spec, gen)
+
+    for client in steady:
+        if client.disconnected_at is not None or client.events["auth:expired"]:
+            check.fail(f"steady client {client.name} was ended")
+    pauses = gc_pauses(server)
+    expired_at = [c.first_seen["auth:expired"] for c in doomed if c.events["auth:expired"]]
+    return StormRun(
+        ended=_check_expired(check, doomed, expiry),
+        quiet=sorted(c.ms for c in calls if quiet[0] <= c.started and c.ended <= quiet[1]),
+        storm=sorted(c.ms for c in calls if c.ended >= window[0] and c.started <= window[1]),
+        quiet_seconds=max(0.0, quiet[1] - quiet[0]),
+        too_short=quiet[1] - quiet[0] < sizes.storm_min_quiet,
+        storm_seconds=window[1] - window[0],
+        last=last - expiry,
+        first_expired=min(expired_at, default=expiry) - expiry,
+        busy={"quiet": usage.busy(*quiet), "storm": usage.busy(*window)},
+        gc={
+            "quiet": _gc_summary(pauses, quiet[0] + offset, quiet[1] + offset),
+            "storm": _gc_summary(pauses, window[0] + offset, window[1] + offset),
+        },
+    )
+
+
+# A socket whose auth:expired arrives this much before its expiry was ended early (the
+# load generator's and the server's clocks are the same clock, read at different times).
+EARLY_TOLERANCE = 0.1
+
+
+def _check_expired(check: Check, doomed: Sequence[Client], expiry: float) -> int:
+    """Count the expiring sockets that were ended as specified; fail the others."""
+    ended = 0
+    for client in doomed:
+        expiring, expired = client.events["auth:expiring"], client.events["auth:expired"]
+        check.expected += 1
+        if expiring != 1 or expired != 1:
+            check.fail(f"{client.name}: {expiring} auth:expiring, {expired} auth:expired")
+        elif client.first_seen["auth:expiring"] > client.first_seen["auth:expired"]:
+            check.fail(f"{client.name}: auth:expired before auth:expiring")
+        elif client.first_seen["auth:expired"] < expiry - EARLY_TOLERANCE:
+            early = expiry - client.first_seen["auth:expired"]
+            check.fail(f"{client.name}: auth:expired {early:.2f} s before the expiry")
+        elif client.disconnected_at is None:
+            check.fail(f"{client.name}: auth:expired but not disconnected")
+        else:
+            ended += 1
+    check.received += ended
+    return ended
 
 
 async def scenario_soak(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
@@ -963,11 +1405,23 @@ SCENARIOS: dict[str, Scenario] = {
     "S3": scenario_acks,
     "S4": scenario_memory,
     "S5": scenario_rooms,
+    "S6": scenario_storm,
     "SOAK": scenario_soak,
 }
-GATEWAY_ONLY = {"SOAK"}  # scenarios run against server A alone
-SCENARIO_ENV = {"SOAK": {"BENCH_SOAK": "1"}}  # the gateway server's soak mode
-TARGET_SCENARIO = {"S1-100": "S1", "S1-1024": "S1", "S2": "S2", "S3-p99": "S3", "S4": "S4"}
+SCENARIO_SERVERS = {"S6": ("A",), "SOAK": ("A",)}  # the scenarios that run on some servers only
+SCENARIO_ENV = {  # for the gateway server, by scenario
+    "S6": {"BENCH_GC_LOG": "1"},
+    "SOAK": {"BENCH_SOAK": "1"},
+}
+TARGET_SCENARIO = {
+    "S1-100": "S1",
+    "S1-1024": "S1",
+    "S2": "S2",
+    "S3-p99": "S3",
+    "S4": "S4",
+    "S4-timers": "S4",
+    "S6-ratio": "S6",
+}
 
 
 # -- running ----------------------------------------------------------------------------
@@ -976,12 +1430,13 @@ TARGET_SCENARIO = {"S1-100": "S1", "S1-1024": "S1", "S2": "S2", "S3-p99": "S3", 
 async def run_scenario(
     name: str, ctx: Context, specs: Sequence[ServerSpec], secret: str, log_dir: Path
 ) -> None:
-    if name in GATEWAY_ONLY:
-        specs = [spec for spec in specs if spec.key == "A"]
+    only = SCENARIO_SERVERS.get(name)
     for spec in specs:
+        if only is not None and spec.key not in only:
+            continue
         print(f"  {name} on {spec.key} ({spec.name}) ...", flush=True)
         started = time.perf_counter()
-        env = SCENARIO_ENV.get(name)
+        env = SCENARIO_ENV.get(name, {}) if spec.key == "A" else {}
         async with ServerProcess(spec, secret, log_dir, env) as server:
             try:
                 await SCENARIOS[name](ctx, spec, server)
@@ -1053,7 +1508,7 @@ async def run(args: argparse.Namespace) -> Results:
         for name in names:
             print(f"{name}:", flush=True)
             await run_scenario(name, ctx, specs, secret, log_dir)
-            if name in GATEWAY_ONLY and results.soak is not None:
+            if name == "SOAK" and results.soak is not None:
                 print("\n".join(soak_markdown(results.soak)), flush=True)
             else:
                 print(scenario_table(results, name, specs), flush=True)
@@ -1079,11 +1534,11 @@ async def profile_missed(
         # A separate Results: the profiled run's figures are skewed by the profiling.
         scratch = Results([gateway])
         ctx = Context(sizes=sizes, tokens=Tokens(secret), results=scratch)
-        env: dict[str, str] = {}
+        env = dict(SCENARIO_ENV.get(name, {}))
         if name == "S4":
             print("tracing the gateway's memory under S4 ...", flush=True)
             ctx.memory = results.memory_profile = MemoryProfiler(log_dir)
-            env = ctx.memory.env
+            env.update(ctx.memory.env)
         elif py_spy is None:
             results.errors.append(f"py-spy is not installed: no profile of {name}")
             continue
@@ -1113,6 +1568,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:,.0f}"
     if unit == "ms":
         return f"{value:.2f}"
+    if unit == "x":
+        return f"{value:.2f}x"
     return f"{value:.1f}"
 
 
@@ -1129,7 +1586,12 @@ def table_rows(results: Results, measures: Sequence[tuple[str, Measure]]) -> lis
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, measure in measures:
         cells = [measure.label, measure.unit]
-        cells += [_fmt(measure.values.get(spec.key), measure.unit) for spec in specs]
+        cells += [
+            "n/a"
+            if measure.only is not None and spec.key not in measure.only
+            else _fmt(measure.values.get(spec.key), measure.unit)
+            for spec in specs
+        ]
         if "A" in keys:
             cells += [_ratio(results.ratio(key, other)) for other in ("B", "C") if other in keys]
         rows.append("| " + " | ".join(cells) + " |")
@@ -1162,6 +1624,9 @@ def machine() -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
         "os": f"{platform.system()} {platform.release()}",
+        "load average at the end (1, 5, 15 min)": ", ".join(
+            f"{load:.2f}" for load in os.getloadavg()
+        ),
     }
 
 
@@ -1230,8 +1695,24 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
         f"pauses of 0 to {2 * sizes.ack_gap:g} s (about "
         f"{sizes.ack_clients / sizes.ack_gap:,.0f} calls/s overall). S4: RSS (VmRSS) "
         "growth of the server process from before to 2 s after the connects, divided "
-        "by the connections. KB = 1,024 bytes.",
+        "by the connections; A's tokens always carry an expiry, so every socket has its "
+        "expiry timers armed, and A is measured once more with identities stripped of "
+        "`expires_at` (no timers) to tell what they cost. S6 (A only, n/a elsewhere: "
+        f"the others have no live expiry): {sizes.storm_steady} clients with long-lived "
+        f"tokens each call `bench:echo` one at a time after random pauses of 0 to "
+        f"{2 * sizes.storm_gap:g} s (about {sizes.storm_steady / sizes.storm_gap:,.0f} "
+        f"calls/s overall, as in S3) while {sizes.storm_clients:,} other sockets are "
+        "connected with tokens whose `exp` claim is the same second (issued by the "
+        "harness with the server's key, expiry "
+        f"{sizes.storm_lead:g} s after issue at most). Quiet window: from "
+        f"{sizes.storm_settle:g} s after the last connect to {sizes.storm_settle:g} s "
+        "before the expiry; storm window: every call in flight from the expiry to "
+        f"{sizes.storm_settle:g} s after the last expired socket was disconnected "
+        "(the load generator, like the official client, closes the websocket on a server "
+        "disconnect). KB = 1,024 bytes.",
         "",
+        *[line for name in SCENARIOS for line in results.details.get(name, [])],
+        *([""] if results.details else []),
         "### Where the time went (S1, S5)",
         "",
         "Server CPU time per delivery during the measured runs, how busy the load "
@@ -1267,24 +1748,26 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
     lines += [
         "Every `bench:msg` is checked by the load generator: each client must receive "
         "every sequence number of a run, in order, with the payload's size; S2/S4 count "
-        "the connections made, S3 the acknowledgements that echoed the payload.",
+        "the connections made, S3 the acknowledgements that echoed the payload, S6 "
+        "those and the expiring sockets ended as specified.",
         "",
         "| Scenario | " + " | ".join(spec.key for spec in results.servers) + " |",
         "|---|" + "---|" * len(results.servers),
     ]
     for name in SCENARIOS:
-        if name in GATEWAY_ONLY:
+        if name == "SOAK":
             continue  # in its own section
         cells = []
         for spec in results.servers:
             check = results.checks.get((name, spec.key))
             if check is None:
+                cells.append("-")
                 continue
             verdict = "in order" if check.ok and name in ("S1", "S5") else "ok"
             cells.append(
                 f"{check.received:,}/{check.expected:,} {verdict if check.ok else 'FAILED'}"
             )
-        if cells:
+        if any(cell != "-" for cell in cells):
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Negotiated websocket extensions", ""]
     offered = ", ".join(sorted(results.offered)) or "(none)"

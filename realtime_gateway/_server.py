@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import socketio
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["GatewayServer", "OriginPolicy", "UpstreamLog", "build_server"]
 
+# Events of one client connection answered at the same time; a further event is
+# answered before the connection is read again (backpressure on a flooding client).
+MAX_EVENTS_IN_FLIGHT = 16
 _REFUSED_CLOSE_DELAY = 0.1
 """Seconds a transport left with no namespace by a refused CONNECT stays open."""
 
@@ -107,6 +111,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         self._connect_timeout = connect_timeout
         self._gateway = gateway
         self._event_tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[str, int] = {}  # events being answered, by connection
         self.transport_closed = asyncio.Event()
         self.eio.on_slow_consumer = self._slow_consumer
 
@@ -215,9 +220,23 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             if isinstance(data, list) and data and isinstance(data[0], str):
                 await super()._handle_event(eio_sid, namespace, id, data)
             return
+        busy = self._in_flight.get(eio_sid, 0)
+        if busy >= MAX_EVENTS_IN_FLIGHT:
+            # Answered before anything more is read from this connection: a client
+            # sending faster than it is answered waits, instead of making the
+            # gateway hold a task for every event it sends.
+            await self._answer(handler, sid, eio_sid, id, data)
+            return
+        self._in_flight[eio_sid] = busy + 1
         task = self.start_background_task(self._answer, handler, sid, eio_sid, id, data)
         self._event_tasks.add(task)
-        task.add_done_callback(self._event_tasks.discard)
+        task.add_done_callback(partial(self._answered, eio_sid))
+
+    def _answered(self, eio_sid: str, task: asyncio.Task[None]) -> None:
+        self._event_tasks.discard(task)
+        left = self._in_flight.pop(eio_sid, 1) - 1
+        if left > 0:
+            self._in_flight[eio_sid] = left
 
     async def _answer(
         self, handler: GatewayNamespace, sid: str, eio_sid: str, id: Any, data: Any

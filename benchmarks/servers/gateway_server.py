@@ -6,21 +6,29 @@ is off, since the benchmark clients send far more than people do.
 
     BENCH_SECRET=... python benchmarks/servers/gateway_server.py --port 0
 
-Tokens are ``SignedTokenAuthenticator([secret], salt=SALT)`` tokens. Prints
-``ready <port>`` once listening; on SIGTERM or SIGINT shuts the gateway down, then
-the web server. With ``BENCH_TRACEMALLOC`` set to a folder, Python's allocations are
-traced and each SIGUSR1 writes a snapshot there (``snapshot-<n>.tracemalloc``): the
-harness uses it to explain the memory a connection takes. With ``BENCH_SOAK`` set
-(the soak scenario), the gateway runs with its default limits (the per-connection
-rate limit included) and ``GET /bench/stats`` answers the server's own figures (see
-:func:`soak_stats`).
+Tokens are ``SignedTokenAuthenticator([secret], salt=SALT)`` tokens, whose
+identities always have an ``expires_at`` (their ``exp`` claim, at most ``max_age``
+after signing), so every socket has its expiry timers armed. Prints ``ready <port>``
+once listening; on SIGTERM or SIGINT shuts the gateway down, then the web server.
+With ``BENCH_TRACEMALLOC`` set to a folder, Python's allocations are traced and each
+SIGUSR1 writes a snapshot there (``snapshot-<n>.tracemalloc``): the harness uses it
+to explain the memory a connection takes. With ``BENCH_EXPIRY=off`` the identities
+lose their ``expires_at`` after verification, so no socket has expiry timers: the
+harness compares the two to tell what the timers cost. With ``BENCH_GC_LOG`` set,
+each pause of Python's cyclic garbage collector of 1 ms or more is written to stderr
+(``gc <unix time> <generation> <ms>``), for the harness to line up with latencies.
+With ``BENCH_SOAK`` set (the soak scenario), the gateway runs with its default
+limits (the per-connection rate limit included) and ``GET /bench/stats`` answers the
+server's own figures (see :func:`soak_stats`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
+import sys
 import time
 import tracemalloc
 from collections import Counter
@@ -29,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
 from aiohttp import web
 from bench_common import (
     announce,
@@ -42,10 +51,13 @@ from bench_common import (
 )
 
 from realtime_gateway import (
+    Authenticator,
     Connection,
     Gateway,
     GatewayConfig,
     GatewayNamespace,
+    Handshake,
+    Identity,
     Rule,
     RuleAuthorizer,
     SignedTokenAuthenticator,
@@ -95,7 +107,23 @@ class BenchNamespace(GatewayNamespace):
         return {"sent": count * room_count}
 
 
-def make_gateway(secret: str, *, soak: bool = False) -> Gateway:
+class WithoutExpiry:
+    """The identities of ``inner`` without ``expires_at``: sockets without expiry
+    timers, for comparison only."""
+
+    def __init__(self, inner: Authenticator) -> None:
+        self._inner = inner
+
+    async def authenticate(self, handshake: Handshake) -> Identity:
+        return attrs.evolve(await self._inner.authenticate(handshake), expires_at=None)
+
+
+def make_gateway(secret: str, *, expiry: bool = True, soak: bool = False) -> Gateway:
+    authenticator: Authenticator = SignedTokenAuthenticator(
+        [secret], salt=SALT, max_age=TOKEN_MAX_AGE
+    )
+    if not expiry:
+        authenticator = WithoutExpiry(authenticator)
     # The soak keeps every default limit (it checks that they hold under churn) but
     # the per-address handshake budget: every load-generator client comes from one
     # address.
@@ -105,7 +133,7 @@ def make_gateway(secret: str, *, soak: bool = False) -> Gateway:
         else GatewayConfig(rate_limit=None, handshake_rate=None, shutdown_grace=0.5)
     )
     return Gateway(
-        authenticator=SignedTokenAuthenticator([secret], salt=SALT, max_age=TOKEN_MAX_AGE),
+        authenticator=authenticator,
         # Any user may join the benchmark rooms; everything else is the reference rules.
         authorizer=reference_rules()
         + RuleAuthorizer([Rule(actions="join", target="bench:{room}")]),
@@ -195,10 +223,30 @@ async def serve(gateway: Gateway, port: int, *, soak: bool = False) -> None:
     await gateway.run_aiohttp(app, host="127.0.0.1", port=port, started=started)
 
 
+def log_gc_pauses() -> None:
+    """Write each pause of the cyclic garbage collector of 1 ms or more to stderr, as
+    ``gc <unix time at its end> <generation> <ms>``."""
+    started = 0.0
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+            return
+        ms = 1000 * (time.perf_counter() - started)
+        if ms >= 1.0:
+            print(f"gc {time.time():.3f} {info['generation']} {ms:.1f}", file=sys.stderr)
+
+    gc.callbacks.append(callback)
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
+    if os.environ.get("BENCH_GC_LOG"):
+        log_gc_pauses()
+    expiry = os.environ.get("BENCH_EXPIRY", "on") != "off"
     soak = bool(os.environ.get("BENCH_SOAK"))
-    gateway = make_gateway(require_secret(args.secret), soak=soak)
+    gateway = make_gateway(require_secret(args.secret), expiry=expiry, soak=soak)
     asyncio.run(serve(gateway, args.port, soak=soak))
 
 

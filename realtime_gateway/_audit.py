@@ -35,6 +35,8 @@ class AuditRecord:
     ``target`` is the full target (``patient:42``): it may hold resource ids, so a
     sink must store it as carefully as the records it points to. ``reason`` says
     why a request was denied (``None`` when allowed). ``timestamp`` is ISO 8601 UTC.
+    ``dropped``: for a recovery (action ``recover``), the rooms the socket had that
+    it was not given back.
     """
 
     user_id: str
@@ -45,10 +47,18 @@ class AuditRecord:
     allowed: bool
     reason: str | None
     timestamp: str
+    dropped: tuple[str, ...] = ()
 
     @classmethod
     def of(
-        cls, identity: Identity, action: str, target: str, *, allowed: bool, reason: str | None
+        cls,
+        identity: Identity,
+        action: str,
+        target: str,
+        *,
+        allowed: bool,
+        reason: str | None,
+        dropped: tuple[str, ...] = (),
     ) -> AuditRecord:
         """The record of one decision, made now."""
         return cls(
@@ -60,11 +70,12 @@ class AuditRecord:
             allowed=allowed,
             reason=reason,
             timestamp=iso_timestamp(),
+            dropped=dropped,
         )
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON data."""
-        return {
+        record: dict[str, Any] = {
             "userId": self.user_id,
             "sessionId": self.session_id,
             "action": self.action,
@@ -74,6 +85,9 @@ class AuditRecord:
             "reason": self.reason,
             "timestamp": self.timestamp,
         }
+        if self.action == "recover":
+            record["dropped"] = list(self.dropped)
+        return record
 
 
 class AuditSink(Protocol):

@@ -196,6 +196,13 @@ class GatewayConfig:
     revocation is remembered when the gateway cannot tell how long the credentials
     it covers live (an authenticator other than :class:`SignedTokenAuthenticator`,
     whose ``max_age`` is used otherwise).
+    ``recovery_window`` (default off): how long, in seconds, a socket that dropped
+    can be recovered with the events it missed (SPEC "Missed-message recovery");
+    with it on, every event sent to a room carries its offset as its last
+    argument. A recovery replays at most ``recovery_max_packets`` events, or none.
+    Each namespace's log keeps the events of the window, at most
+    ``recovery_log_events`` of them; in memory all logs together hold at most
+    ``recovery_log_bytes`` of encoded events (the oldest go first).
     ``log_key``: the key of the user pseudonyms in log records (default: a random
     key per process); set it to correlate records across processes and restarts.
     ``log_repeat_limit``: at most this many records of one kind (``what``) at
@@ -251,6 +258,10 @@ class GatewayConfig:
     expiry_grace: float = attrs.field(default=0.0, validator=_non_negative)
     idle_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
     revocation_ttl: float = attrs.field(default=86_400.0, validator=_positive)
+    recovery_window: float | None = attrs.field(default=None, validator=_optional_positive)
+    recovery_max_packets: int = attrs.field(default=1000, validator=_positive_int)
+    recovery_log_events: int = attrs.field(default=100_000, validator=_positive_int)
+    recovery_log_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive_int)
     log_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
     log_repeat_limit: int | None = attrs.field(default=20, validator=_optional_positive_int)
     log_repeat_interval: float = attrs.field(default=10.0, validator=_positive)

@@ -65,6 +65,9 @@ class Connection:
     _user_bucket: TokenBucket | None = attrs.field(default=None, repr=False, init=False)
     # Room joins under way that will count against max_rooms_per_socket.
     _joining: int = attrs.field(default=0, repr=False, init=False)
+    # (pid, offset) for missed-message recovery: the private id the client got in
+    # its CONNECT reply and the log's offset when the socket connected.
+    recovery: tuple[str, str] | None = attrs.field(default=None, repr=False, init=False)
     _refused_since: float | None = attrs.field(default=None, repr=False, init=False)
     _last_refused: float = attrs.field(default=0.0, repr=False, init=False)
 

@@ -7,7 +7,10 @@ own interfaces.
   socket's order kept (one emit is queued everywhere before the next one starts),
   closed sockets skipped. Emits with callbacks take python-socketio's own path.
   The frames are :class:`SizedPacket`: each socket's pending-output bound counts
-  them without measuring them again.
+  them without measuring them again. With missed-message recovery on, an emit to
+  a room gets its offset (one per emit) as its last argument and goes into the
+  recovery log, encoded as sent; a socket being recovered has its deliveries
+  held (see :mod:`._recover`).
 - :class:`RoomIndex`: python-socketio's managers find a socket's rooms by looking
   through every room of its namespace (``basic_disconnect`` copies the namespace's
   whole room table for each disconnect), so ending n sockets together costs
@@ -17,13 +20,17 @@ own interfaces.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
 from ._engine import SizedPacket
+from ._recovery import LogEntry, MemoryRecoveryStore, offset_key
+
+if TYPE_CHECKING:
+    from ._recover import Recovery
 
 __all__ = ["FanOutManager", "RoomIndex"]
 
@@ -79,7 +86,12 @@ class RoomIndex:
 
 
 class FanOutManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
-    """python-socketio's in-process manager with a task-free fan-out."""
+    """python-socketio's in-process manager with a task-free fan-out.
+
+    ``log`` and ``recovery`` are set by the gateway when recovery is on."""
+
+    log: MemoryRecoveryStore | None = None
+    recovery: Recovery | None = None
 
     async def emit(
         self,
@@ -105,8 +117,9 @@ class FanOutManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
             )
             return
         room = to or room
-        if namespace not in self.rooms:
-            return
+        log = self.log
+        if namespace not in self.rooms and log is None:
+            return  # nobody to send to, and nothing to keep for later
         if isinstance(data, tuple):
             args = list(data)
         elif data is not None:
@@ -114,16 +127,36 @@ class FanOutManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
         else:
             args = []
         skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
+        offset = None
+        if log is not None and not (isinstance(room, str) and self.is_sid_room(namespace, room)):
+            # An event to a room (not a socket's private one): logged for recovery.
+            offset = log.next_offset()
+            args.append(offset)
         encoded = self.server.packet_class(
             packet.EVENT, namespace=namespace, data=[event, *args]
         ).encode()
-        frames = [
-            SizedPacket(eio_packet.MESSAGE, part)
-            for part in (encoded if isinstance(encoded, list) else [encoded])
-        ]
+        parts = encoded if isinstance(encoded, list) else [encoded]
+        frames = tuple(SizedPacket(eio_packet.MESSAGE, part) for part in parts)
+        key = None
+        if log is not None and offset is not None:
+            log.append(
+                namespace,
+                LogEntry(
+                    offset=offset,
+                    rooms=tuple(room) if isinstance(room, list) else room,
+                    skip=tuple(skip_sid) if isinstance(skip_sid, list) else skip_sid,
+                    frames=tuple(parts),
+                ),
+            )
+            key = offset_key(offset)
+        recovery = self.recovery
+        holding = recovery.holding if recovery is not None else None
         send = self.server._send_eio_packet
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid in skip:
+                continue
+            if holding and sid in holding:
+                recovery.hold(sid, key, frames)  # type: ignore[union-attr]
                 continue
             for frame in frames:
                 # Puts the frame on the socket's queue (EngineSocket.send, which

@@ -41,6 +41,8 @@ from ._mount import attach as mount_aiohttp
 from ._mount import run_aiohttp as serve_aiohttp
 from ._namespace import GatewayNamespace, UpdatePublisher, role_room, user_room
 from ._notification import make_notification
+from ._recover import Recovery
+from ._recovery import MemoryRecoveryStore, RecoveryStore
 from ._registry import ConnectionInfo, MemoryRegistry, Registry
 from ._revocation import MemoryRevocationStore, RedisRevocationStore, RevocationStore
 from ._server import OriginPolicy, build_server
@@ -80,7 +82,8 @@ class Gateway:
     :class:`MemoryRegistry` by default, the cluster's with ``redis_url``);
     ``revocations`` remembers revoked sessions and users (a
     :class:`MemoryRevocationStore` by default, a :class:`RedisRevocationStore` with
-    ``redis_url``).
+    ``redis_url``). ``recovery`` keeps what missed-message recovery needs when
+    ``config.recovery_window`` is set (a :class:`MemoryRecoveryStore` by default).
 
     The gateway composes namespaces, admits sockets (authenticate, authorize,
     audit) and publishes; it wires the rest, each in a module of its own:
@@ -89,7 +92,8 @@ class Gateway:
     ``_protocol`` (what socket.io packets are accepted), ``_live`` (this process's
     connection table), ``_mount`` (aiohttp and ASGI wiring), ``_shutdown``
     (draining), ``_sessions`` (expiry and idle timers), ``_revocation`` (revoked
-    sessions and users), ``_cluster``
+    sessions and users), ``_recover`` and ``_recovery`` (missed-message recovery),
+    ``_cluster``
     (membership over Redis) and ``_control`` (disconnects and reauthorization
     across the cluster).
 
@@ -109,8 +113,9 @@ class Gateway:
         registry: Registry | None = None,
         audit: AuditSink | None = None,
         revocations: RevocationStore | None = None,
+        recovery: RecoveryStore | None = None,
     ) -> None:
-        _check_plug_ins(authenticator, authorizer, registry, audit, revocations)
+        _check_plug_ins(authenticator, authorizer, registry, audit, revocations, recovery)
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.config = config or GatewayConfig()
@@ -151,6 +156,13 @@ class Gateway:
             self.registry, self.metrics, max_sockets_per_user=self.config.max_sockets_per_user
         )
         self._sessions = SessionTimers(self)
+        self._recovery: Recovery | None = None
+        if self.config.recovery_window is not None:
+            self._recovery = Recovery(
+                self,
+                recovery or self._recovery_store(),
+                window=self.config.recovery_window,
+            )
         self._server: Any = None
         for namespace in namespaces:
             self.add_namespace(namespace)
@@ -242,7 +254,22 @@ class Gateway:
             raise ConfigurationError("async_mode", "the gateway is already mounted")
         manager = None if self._cluster is None else self._cluster.manager
         self._server = build_server(self, async_mode, origins=self._origins, client_manager=manager)
+        if self._recovery is not None:
+            fanout = self._server.manager
+            fanout.recovery = self._recovery
+            if isinstance(self._recovery.store, MemoryRecoveryStore):
+                fanout.log = self._recovery.store
         return self._server
+
+    def _recovery_store(self) -> RecoveryStore:
+        """The default store: in this process, or on Redis with ``redis_url``."""
+        config = self.config
+        assert config.recovery_window is not None
+        return MemoryRecoveryStore(
+            window=config.recovery_window,
+            max_events=config.recovery_log_events,
+            max_bytes=config.recovery_log_bytes,
+        )
 
     # -- authentication and authorization -------------------------------------
 
@@ -318,12 +345,15 @@ class Gateway:
         *,
         allowed: bool,
         reason: str | None = None,
+        dropped: tuple[str, ...] = (),
     ) -> None:
         """Send an authorization decision to the audit sink, if there is one. A sink
         that fails is logged and counted; the decision stands."""
         if self._audit is None:
             return
-        record = AuditRecord.of(identity, action, target, allowed=allowed, reason=reason)
+        record = AuditRecord.of(
+            identity, action, target, allowed=allowed, reason=reason, dropped=dropped
+        )
         if not await deliver(self._audit, record):
             self.metrics.audit_failures += 1
 
@@ -665,7 +695,12 @@ def _count_denial(
 
 
 def _check_plug_ins(
-    authenticator: object, authorizer: object, registry: object, audit: object, revocations: object
+    authenticator: object,
+    authorizer: object,
+    registry: object,
+    audit: object,
+    revocations: object,
+    recovery: object,
 ) -> None:
     if not isinstance(authenticator, Authenticator):
         raise ConfigurationError("authenticator", "must have an async authenticate()")
@@ -677,6 +712,8 @@ def _check_plug_ins(
         raise ConfigurationError("audit", "must be callable with an AuditRecord")
     if revocations is not None and not isinstance(revocations, RevocationStore):
         raise ConfigurationError("revocations", "must implement the RevocationStore protocol")
+    if recovery is not None and not isinstance(recovery, RecoveryStore):
+        raise ConfigurationError("recovery", "must implement the RecoveryStore protocol")
 
 
 def _require_text(value: object, field: str) -> None:

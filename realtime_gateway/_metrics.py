@@ -24,6 +24,7 @@ class Metrics:
         self.session_binding_refused = 0
         self.sessions_refreshed = 0
         self.slow_consumers = 0
+        self.recovered_events = 0
         self.emits: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.access_denied: Counter[str] = Counter()
@@ -33,6 +34,7 @@ class Metrics:
         self.sessions_ended: Counter[str] = Counter()
         self.handshakes_refused: Counter[str] = Counter()
         self.limits_exceeded: Counter[str] = Counter()
+        self.recoveries: Counter[str] = Counter()
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a JSON-able dict."""
@@ -46,6 +48,7 @@ class Metrics:
             "session_binding_refused": self.session_binding_refused,
             "sessions_refreshed": self.sessions_refreshed,
             "slow_consumers": self.slow_consumers,
+            "recovered_events": self.recovered_events,
             "log_records_suppressed": suppressed_total(),
             "emits": dict(self.emits),
             "auth_failures": dict(self.auth_failures),
@@ -56,4 +59,5 @@ class Metrics:
             "sessions_ended": dict(self.sessions_ended),
             "handshakes_refused": dict(self.handshakes_refused),
             "limits_exceeded": dict(self.limits_exceeded),
+            "recoveries": dict(self.recoveries),
         }

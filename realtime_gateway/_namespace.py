@@ -227,13 +227,22 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     # -- rooms ------------------------------------------------------------------
 
-    async def join(self, conn: Connection, room: str, *, action: str | None = "join") -> bool:
+    async def join(
+        self,
+        conn: Connection,
+        room: str,
+        *,
+        action: str | None = "join",
+        announce: bool = True,
+    ) -> bool:
         """Put ``conn`` in ``room``, first asking the authorizer for ``action`` on the
         room (raising :class:`PermissionDenied`); ``action=None`` skips the check and
         makes the room one the client cannot leave. Joining a room twice is a no-op.
         A socket already in ``max_rooms_per_socket`` rooms joined with an action
         gets :class:`LimitExceeded` (``too_many_rooms``) before the authorizer is
-        asked. Returns ``True`` if the socket's user became present in the room."""
+        asked. Returns ``True`` if the socket's user became present in the room
+        (announced through :meth:`on_presence` unless ``announce`` is false: a
+        recovered socket coming back to a room whose departure was never told)."""
         server = self.gateway.server
         if server.manager.is_sid_room(self.namespace, room):
             # Every socket has a room named by its sid: its private channel.
@@ -259,8 +268,10 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             if reserved:
                 conn.release_room()
         present = await self.gateway.registry.join(conn.sid, room)
-        if present:
+        if present and announce:
             await self._announce(conn, room, joined=True)
+        if action is not None and self.gateway._recovery is not None:
+            await self.gateway._recovery.moved(conn)
         return present
 
     async def leave(self, conn: Connection, room: str) -> bool:
@@ -277,11 +288,13 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return await self._remove_from(conn, room)
 
     async def _remove_from(self, conn: Connection, room: str) -> bool:
-        del conn.rooms[room]
+        action = conn.rooms.pop(room)
         await self.gateway.server.leave_room(conn.sid, room, namespace=self.namespace)
         gone = await self.gateway.registry.leave(conn.sid, room)
         if gone:
             await self._announce(conn, room, joined=False)
+        if action is not None and self.gateway._recovery is not None:
+            await self.gateway._recovery.moved(conn)
         return gone
 
     async def reauthorize(self, conn: Connection, *, reason: str = "reauthorized") -> list[str]:
@@ -391,10 +404,15 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         conn = await self.gateway._admit(sid, self.namespace, environ, auth)
+        recovery = self.gateway._recovery
         try:
             await self._join_own_rooms(conn)
+            if recovery is not None:
+                await recovery.connect(self, conn, auth)
             await self.on_connected(conn)
         except Exception as exc:
+            if recovery is not None:
+                recovery.abandon(sid)
             await self.gateway._forget(sid, reason="setup failed", departed=False)
             self._failed("connect_hook_failed", sid, exc)
             raise socketio.exceptions.ConnectionRefusedError(
@@ -403,6 +421,8 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if not self.gateway.server.transport_open(sid, self.namespace):
             # The client went away while it was being admitted; python-socketio does
             # not report the disconnect of a socket that never finished connecting.
+            if recovery is not None:
+                recovery.abandon(sid)
             await self.gateway._forget(sid, reason="transport closed", departed=False)
             raise socketio.exceptions.ConnectionRefusedError("Transport closed")
         self.gateway._admitted(conn)
@@ -412,6 +432,8 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if conn is None:
             return
         self.gateway._ready(conn)
+        if self.gateway._recovery is not None:
+            await self.gateway._recovery.ready(conn)
         try:
             await self.on_ready(conn)
         except Exception as exc:
@@ -422,8 +444,16 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if found is None:
             return
         conn, gone = found
-        for room in sorted(gone):
-            await self._announce(conn, room, joined=False)
+        recovery = self.gateway._recovery
+        if recovery is not None and recovery.keeps(conn, str(reason)):
+            # Its rooms wait for the window: a recovered socket must not be seen
+            # leaving and coming back.
+            await recovery.park(self, conn, gone)
+        else:
+            if recovery is not None:
+                await recovery.closed(conn)
+            for room in sorted(gone):
+                await self._announce(conn, room, joined=False)
         try:
             await self.on_disconnected(conn, str(reason))
         except Exception as exc:

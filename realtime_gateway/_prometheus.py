@@ -62,6 +62,18 @@ _COUNTERS = (
         None,
     ),
     (
+        "recoveries",
+        "rtg_recoveries",
+        "Connects that asked to recover a dropped socket, by result.",
+        "result",
+    ),
+    (
+        "recovered_events",
+        "rtg_recovered_events",
+        "Missed events replayed to recovered sockets.",
+        None,
+    ),
+    (
         "cluster_bus_deafened",
         "rtg_cluster_bus_deafened",
         "Times this process stopped hearing its own canary on the cluster bus.",

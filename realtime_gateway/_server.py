@@ -250,6 +250,15 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
                 eio_sid, self.packet_class(ACK, namespace=handler.namespace, id=id, data=[ack])
             )
 
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        if pkt.packet_type == CONNECT and isinstance(pkt.data, dict):
+            # python-socketio's CONNECT reply is {sid}; with recovery on the official
+            # client also expects the socket's private id, {sid, pid}.
+            conn = self._gateway.connection(str(pkt.data.get("sid")))
+            if conn is not None and conn.recovery is not None:
+                pkt.data = {**pkt.data, "pid": conn.recovery[0]}
+        await super()._send_packet(eio_sid, pkt)
+
     def _attachment_budget(self, namespace: str | None) -> int:
         handler = self.namespace_handlers.get(namespace or "/")
         if isinstance(handler, GatewayNamespace):

@@ -93,6 +93,8 @@ async def _disconnect_all(gateway: Gateway) -> None:
     for sid in list(gateway._live):
         await gateway._forget(sid, reason="shutdown")
     await gateway._sessions.close()
+    if gateway._recovery is not None:
+        await gateway._recovery.close()
     await server.shutdown()
     if gateway._cluster is not None:
         await gateway._cluster.close()

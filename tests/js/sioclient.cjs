@@ -1,0 +1,65 @@
+// The official socket.io client, driven over stdin/stdout by a test.
+// Commands (one JSON object per line on stdin):
+//   {"cmd": "connect", "url": ..., "namespace": ..., "auth": {...}, "transports": [...]}
+//   {"cmd": "drop"}              close the transport as a network failure would
+//   {"cmd": "reconnect", "auth"} connect again (with new auth, if given)
+//   {"cmd": "disconnect"}        an explicit disconnect
+//   {"cmd": "emit", "event": ..., "args": [...], "ack": true}
+//   {"cmd": "exit"}
+// Reports (one JSON object per line on stdout): {"type": "connect", "id", "recovered"},
+// {"type": "disconnect", "reason"}, {"type": "connect_error", "message", "data"},
+// {"type": "event", "name", "args"}, {"type": "ack", "n", "args"}.
+"use strict";
+const { io } = require("socket.io-client");
+const readline = require("readline");
+
+let socket = null;
+let acks = 0;
+const say = (report) => process.stdout.write(JSON.stringify(report) + "\n");
+
+const commands = {
+  connect({ url, namespace, auth, transports }) {
+    socket = io(url + (namespace || "/"), {
+      auth: auth || {},
+      transports: transports || ["websocket"],
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 200,
+    });
+    socket.on("connect", () => say({ type: "connect", id: socket.id, recovered: socket.recovered }));
+    socket.on("disconnect", (reason) => say({ type: "disconnect", reason }));
+    socket.on("connect_error", (err) => say({ type: "connect_error", message: err.message, data: err.data || null }));
+    socket.onAny((name, ...args) => say({ type: "event", name, args }));
+  },
+  drop() {
+    // As a network failure: the transport closes; the client reconnects only when
+    // told to, so that a test can act while it is away.
+    socket.io.reconnection(false);
+    socket.io.engine.close();
+  },
+  reconnect({ auth }) {
+    if (auth) socket.auth = auth;
+    socket.io.reconnection(true);
+    socket.connect();
+  },
+  disconnect() {
+    socket.disconnect();
+  },
+  emit({ event, args, ack }) {
+    const n = ++acks;
+    if (ack) {
+      socket.emit(event, ...(args || []), (...reply) => say({ type: "ack", n, args: reply }));
+    } else {
+      socket.emit(event, ...(args || []));
+    }
+  },
+  exit() {
+    if (socket) socket.disconnect();
+    process.exit(0);
+  },
+};
+
+readline.createInterface({ input: process.stdin }).on("line", (line) => {
+  const command = JSON.parse(line);
+  commands[command.cmd](command);
+});
+process.stdin.on("end", () => process.exit(0));

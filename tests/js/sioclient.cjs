@@ -25,7 +25,9 @@ const commands = {
       reconnectionDelay: 100,
       reconnectionDelayMax: 200,
     });
-    socket.on("connect", () => say({ type: "connect", id: socket.id, recovered: socket.recovered }));
+    socket.on("connect", () =>
+      say({ type: "connect", id: socket.id, recovered: socket.recovered, pid: socket._pid }),
+    );
     socket.on("disconnect", (reason) => say({ type: "disconnect", reason }));
     socket.on("connect_error", (err) => say({ type: "connect_error", message: err.message, data: err.data || null }));
     socket.onAny((name, ...args) => say({ type: "event", name, args }));

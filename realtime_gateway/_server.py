@@ -119,6 +119,11 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         return EngineServer
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        if reason == self.reason.CLIENT_DISCONNECT:
+            # An engine.io CLOSE without the namespaces' socket.io DISCONNECT first
+            # (a polling client whose transport was closed under it): no client
+            # left, its transport went, as Node's engine.io reports it.
+            reason = self.reason.TRANSPORT_CLOSE
         await super()._handle_eio_disconnect(eio_sid, reason)
         self.transport_closed.set()
 

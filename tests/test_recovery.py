@@ -83,12 +83,15 @@ async def _publish(gateway: Gateway, *numbers: int, patient: str = "p1") -> None
         await gateway.publish_update("patient", patient, "vitals", {"n": n}, namespace=UPDATES)
 
 
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
 async def test_a_dropped_client_recovers_the_events_it_missed_in_order_once(
-    clinic: RunningServer, authenticator: SignedTokenAuthenticator
+    clinic: RunningServer, authenticator: SignedTokenAuthenticator, transport: str
 ) -> None:
     gateway = clinic.gateway
     token = authenticator.issue(USERS["nurse"])
-    async with js_client(clinic.url, UPDATES, auth={"token": token}) as client:
+    async with js_client(
+        clinic.url, UPDATES, auth={"token": token}, transports=(transport,)
+    ) as client:
         first = await _subscribed(client)
         assert first["pid"]  # the CONNECT reply carried {sid, pid}
         await _publish(gateway, 0)

@@ -22,6 +22,7 @@ const commands = {
     socket = io(url + (namespace || "/"), {
       auth: auth || {},
       transports: transports || ["websocket"],
+      withCredentials: true, // a cookie jar, as a browser has (polling sessions are bound by cookie)
       reconnectionDelay: 100,
       reconnectionDelayMax: 200,
     });

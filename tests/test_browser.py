@@ -338,6 +338,43 @@ async def test_clinic_dashboard_in_a_real_browser(
     await in_browser(browser, clinic, tmp_path, scenario)
 
 
+async def recovery_scenario(users: Dashboards) -> None:
+    """A dashboard whose connection drops gets the patient updates it missed."""
+    doctor = await users.sign_in("doctor", "u-doctor")
+    witness = await users.sign_in("nurse", "u-nurse")
+    for page in (doctor, witness):
+        await subscribe_patient(page, "p-1001")
+        await expect(page.get_by_test_id("update").first).to_contain_text("p-1001 vitals")
+    # The doctor's transport closes, as on a Wi-Fi hand-over, and stays closed for now.
+    await doctor.evaluate(
+        "() => { const io = window.clinic.sockets[0].io; io.reconnection(false); "
+        "io.engine.close(); }"
+    )
+    await expect(doctor.get_by_test_id("state-updates")).to_contain_text("disconnected")
+    # Updates go on meanwhile: the nurse's feed gets a newer one than the doctor saw.
+    seen = await doctor.get_by_test_id("update").first.locator("time").get_attribute("datetime")
+    assert seen is not None
+    newest = witness.get_by_test_id("update").first
+    await expect(newest.locator("time")).not_to_have_attribute("datetime", seen)
+    missed = await newest.text_content()
+    assert missed
+    await doctor.evaluate(
+        "() => { const sockets = window.clinic.sockets; sockets[0].io.reconnection(true); "
+        "sockets.forEach((socket) => socket.connect()); }"
+    )
+    await expect_connected(doctor)
+    await expect(doctor.get_by_test_id("updates-status")).to_have_text(
+        re.compile(r"Reconnected: [1-9][0-9]* missed updates? delivered\.")
+    )
+    await expect(doctor.get_by_test_id("update").filter(has_text=missed)).to_have_count(1)
+
+
+async def test_a_dashboard_that_dropped_gets_the_updates_it_missed(
+    clinic: str, browser: Browser, tmp_path: Path
+) -> None:
+    await in_browser(browser, clinic, tmp_path, recovery_scenario)
+
+
 # -- the session lifecycle ------------------------------------------------------------
 
 

@@ -455,7 +455,11 @@ def build_app(
         authenticator=authenticator,
         authorizer=reference_rules(conversation_member=conversation_member),
         namespaces=default_namespaces(),
-        config=GatewayConfig(refresh_ahead=refresh_ahead, idle_timeout=idle_timeout),
+        # A dashboard that drops for up to two minutes (Wi-Fi hand-over, a laptop lid)
+        # gets the updates it missed when it reconnects.
+        config=GatewayConfig(
+            refresh_ahead=refresh_ahead, idle_timeout=idle_timeout, recovery_window=120
+        ),
     )
     app = web.Application()
     gateway.attach(app)

@@ -57,6 +57,11 @@
   // -- connections ------------------------------------------------------------------
 
   const sockets = [];
+  // For tests and curious developers, in the browser's console: the page's sockets.
+  window.clinic = {sockets};
+  // A closed page leaves at once: to the server a transport that just closes is a
+  // dropped connection, kept for recovery (and the user shown present) for two minutes.
+  window.addEventListener('pagehide', () => sockets.forEach((socket) => socket.disconnect()));
 
   function setState(key, text, className) {
     const node = byId('state-' + key);
@@ -487,8 +492,24 @@
       });
     }
 
-    updates.on('connect', () => subscribed.forEach(subscribe));
+    // A recovered socket is back in its rooms and gets the updates it missed first;
+    // those are the ones stamped before it reconnected.
+    let recovery = null;
+    updates.on('connect', () => {
+      if (updates.recovered) {
+        recovery = {at: Date.now(), missed: 0};
+        setStatus('Reconnected: no missed updates.', false);
+      } else {
+        recovery = null;
+        subscribed.forEach(subscribe);
+      }
+    });
     updates.on('patient:update', (update) => {
+      if (recovery && Date.parse(update.timestamp) <= recovery.at) {
+        recovery.missed += 1;
+        setStatus('Reconnected: ' + recovery.missed + ' missed update' +
+          (recovery.missed === 1 ? '' : 's') + ' delivered.', false);
+      }
       const values = Object.entries(update.data || {})
         .map(([key, value]) => key + ' ' + value).join(' · ');
       const item = element('li');

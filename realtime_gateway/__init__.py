@@ -55,6 +55,12 @@ from ._namespaces import UpdatesNamespace as UpdatesNamespace
 from ._namespaces import default_namespaces as default_namespaces
 from ._notification import NOTIFICATION_TYPES as NOTIFICATION_TYPES
 from ._notification import make_notification as make_notification
+from ._recovery import LogEntry as LogEntry
+from ._recovery import MemoryRecoveryStore as MemoryRecoveryStore
+from ._recovery import OffsetLost as OffsetLost
+from ._recovery import RecoverySession as RecoverySession
+from ._recovery import RecoveryStore as RecoveryStore
+from ._recovery import TooManyMissed as TooManyMissed
 from ._registry import ConnectionInfo as ConnectionInfo
 from ._registry import MemoryRegistry as MemoryRegistry
 from ._registry import Registry as Registry
@@ -97,16 +103,21 @@ __all__ = [
     "Identity",
     "InvalidPayload",
     "LimitExceeded",
+    "LogEntry",
     "MainNamespace",
+    "MemoryRecoveryStore",
     "MemoryRegistry",
     "MemoryRevocationStore",
     "NOTIFICATION_TYPES",
     "NotFound",
     "NotificationsNamespace",
+    "OffsetLost",
     "PermissionDenied",
     "REFERENCE_CHANNELS",
     "REFERENCE_RESOURCES",
     "RateLimited",
+    "RecoverySession",
+    "RecoveryStore",
     "RedactingAccessLogger",
     "RedactingFilter",
     "RedisRevocationStore",
@@ -115,6 +126,7 @@ __all__ = [
     "Rule",
     "RuleAuthorizer",
     "SignedTokenAuthenticator",
+    "TooManyMissed",
     "UpdatesNamespace",
     "default_namespaces",
     "event",

@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from ._exceptions import GatewayError
 from ._identity import Identity
 
 __all__ = [
@@ -99,12 +100,19 @@ class RecoverySession:
     disconnected_at: float = attrs.field(factory=time.time)
 
 
-class TooManyMissed(Exception):
-    """More events were missed than the recovery may replay."""
+class TooManyMissed(GatewayError):
+    """A store's answer: more events were missed than the recovery may replay."""
+
+    def __init__(self, message: str = "Too many missed events") -> None:
+        super().__init__(message)
 
 
-class OffsetLost(Exception):
-    """The log no longer holds the events after the offset (or never had it)."""
+class OffsetLost(GatewayError):
+    """A store's answer: the log no longer holds the events after the offset (or
+    never had it)."""
+
+    def __init__(self, message: str = "The offset is not in the log") -> None:
+        super().__init__(message)
 
 
 @runtime_checkable
@@ -253,13 +261,13 @@ class MemoryRecoveryStore:
     ) -> list[LogEntry]:
         start = offset_key(after)
         if start is None or start > (self._counter, 0):
-            raise OffsetLost(after)
+            raise OffsetLost()
         log = self._logs.get(namespace)
         if log is None:
             return []
         self._trim(log, time.monotonic() - self.window)
         if start < log.lost_through:
-            raise OffsetLost(after)
+            raise OffsetLost()
         found: list[LogEntry] = []
         # Newest first until the offset: a short recovery reads only the log's end.
         for entry in reversed(log.entries):
@@ -269,7 +277,7 @@ class MemoryRecoveryStore:
             if wanted(entry):
                 found.append(entry)
                 if len(found) > limit:
-                    raise TooManyMissed(after)
+                    raise TooManyMissed()
         found.reverse()
         return found
 

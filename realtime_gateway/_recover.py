@@ -137,8 +137,8 @@ class Recovery:
         if offset_key(after) is None:
             await self._repark(session, left)
             return "unknown", []
-        parked = self._unpark(pid)
-        waiting = parked[2] if parked is not None else frozenset()
+        self._unpark(pid)  # parked by this process: its window is over either way
+        waiting = session.gone
         dropped: list[str] = []
         restored: list[str] = []
         for room, action in session.rooms.items():
@@ -157,24 +157,24 @@ class Recovery:
                 lambda entry: entry.reaches(rooms, old),
                 self.max_packets,
             )
-        except (TooManyMissed, OffsetLost, Exception) as exc:
-            # A fresh connection after all: out of the rooms it was given back.
+            if sum(entry.size for entry in missed) > self._gateway.config.max_pending_output // 2:
+                # Sent at once, they would take the socket over its pending-output bound.
+                raise TooManyMissed()
+        except Exception as exc:
+            # A fresh connection after all: out of the rooms it was given back (the
+            # departures are told), and the other departures are told now too.
             for room in restored:
                 if room in conn.rooms:
                     await namespace._remove_from(conn, room)
-            if parked is not None:
-                await self._announce_gone(parked, conn.identity.user_id)
+            await self._announce_gone(namespace, conn, waiting - set(restored))
             if isinstance(exc, TooManyMissed):
                 return "too_many", []
             if isinstance(exc, OffsetLost):
                 return "expired", []
             log(logging.ERROR, "recovery_store_failed", error=type(exc).__name__)
             return "unknown", []
-        if parked is not None:
-            # Rooms it did not get back are departures now.
-            lost = parked[2] - rooms
-            if lost:
-                await self._announce_gone((parked[0], parked[1], lost), conn.identity.user_id)
+        # The rooms it did not get back are departures now.
+        await self._announce_gone(namespace, conn, waiting - rooms)
         conn.recovery = (pid, missed[-1].offset if missed else after)
         self._replays[conn.sid] = (missed, offset_key(conn.recovery[1]))
         return "recovered", dropped
@@ -233,6 +233,7 @@ class Recovery:
         ``gone`` are announced when the window ends without a recovery."""
         session = self._session(conn)
         session.disconnected_at = time.time()
+        session.gone = gone
         pid = session.pid
         await self._store_call(self.store.park(session, self.window))
         self._unpark(pid)
@@ -263,18 +264,19 @@ class Recovery:
     ) -> None:
         settled = await self._store_call(self.store.settle(pid))
         if settled is not False:  # a store that cannot say: announce rather than not
-            await self._announce_gone(parked, parked[1].identity.user_id)
+            await self._announce_gone(*parked)
 
     async def _announce_gone(
-        self, parked: tuple[GatewayNamespace, Connection, frozenset[str]], user_id: str
+        self, namespace: GatewayNamespace, conn: Connection, gone: frozenset[str]
     ) -> None:
-        namespace, conn, gone = parked
+        """Tell the departures of ``conn``'s user from ``gone``, where the user has
+        not come back meanwhile."""
         for room in sorted(gone):
             try:
                 present = await self._gateway.registry.presence(conn.namespace, room)
             except Exception:
                 present = frozenset()
-            if user_id not in present:
+            if conn.identity.user_id not in present:
                 await namespace._announce(conn, room, joined=False)
 
     def _unpark(self, pid: str) -> tuple[GatewayNamespace, Connection, frozenset[str]] | None:

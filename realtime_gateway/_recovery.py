@@ -89,7 +89,9 @@ class RecoverySession:
     ``rooms`` the rooms it asked for, with the action that admitted it (the
     gateway's own rooms are recomputed from the fresh identity);
     ``offset`` the log's newest offset when the socket connected (a client that
-    got no event since sends none); ``disconnected_at`` a Unix time."""
+    got no event since sends none); ``gone`` the rooms its user left by its drop,
+    whose departure is told only if the window ends without a recovery;
+    ``disconnected_at`` a Unix time."""
 
     pid: str
     namespace: str
@@ -97,6 +99,7 @@ class RecoverySession:
     sid: str
     rooms: dict[str, str]
     offset: str
+    gone: frozenset[str] = frozenset()
     disconnected_at: float = attrs.field(factory=time.time)
 
 

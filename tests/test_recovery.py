@@ -492,3 +492,53 @@ async def test_a_bogus_recovery_request_is_a_fresh_connection(
         assert ack["success"] is True
         await client.disconnect()
     assert clinic.gateway.metrics.recovered_events == 0
+
+
+async def test_missed_events_too_large_to_send_at_once_are_a_fresh_connection(
+    authenticator: SignedTokenAuthenticator,
+) -> None:
+    """A replay over half of ``max_pending_output`` would evict the socket as a slow
+    consumer the moment it came back: it is refused as ``too_many`` instead."""
+    gateway = _gateway(authenticator, max_pending_output=8192)
+    async with serve(gateway, "aiohttp") as running:
+        token = authenticator.issue(USERS["nurse"])
+        async with js_client(running.url, UPDATES, auth={"token": token}) as client:
+            await _subscribed(client)
+            await _drop(client, gateway)
+            for n in range(3):
+                await gateway.publish_update(
+                    "patient", "p1", "vitals", {"n": n, "note": "x" * 2000}, namespace=UPDATES
+                )
+            client.send("reconnect")
+            report = await client.connected()
+            assert report["recovered"] is False
+            assert gateway.connection(report["id"]) is not None  # connected, not evicted
+    assert gateway.metrics.recoveries["too_many"] == 1
+    assert gateway.metrics.slow_consumers == 0
+
+
+async def test_a_failed_recovery_tells_the_departure_it_held_back(
+    authenticator: SignedTokenAuthenticator, clients: Clients
+) -> None:
+    gateway = _gateway(authenticator, namespaces=[ChatNamespace()], recovery_max_packets=1)
+    async with serve(gateway, "aiohttp") as running:
+        watcher, doctor = await connect_as(
+            clients, running.url, authenticator.issue(USERS["doctor"]), namespaces=("/chat",)
+        )
+        await watcher.call("join:conversation", "c1", namespace="/chat", timeout=5)
+        async with js_client(
+            running.url, "/chat", auth={"token": authenticator.issue(USERS["nurse"])}
+        ) as nurse:
+            await nurse.connected()
+            await nurse.call("join:conversation", "c1")
+            await doctor.wait("user:joined", "/chat")
+            await _drop(nurse, gateway)
+            for text in ("one", "two"):
+                await watcher.call(
+                    "send:message", {"conversationId": "c1", "content": text}, namespace="/chat"
+                )
+            nurse.send("reconnect")
+            assert (await nurse.connected())["recovered"] is False
+            left = await doctor.wait("user:left", "/chat")
+            assert [event["userId"] for event in left] == ["u-nurse"]
+    assert gateway.metrics.recoveries["too_many"] == 1

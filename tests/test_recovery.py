@@ -549,13 +549,13 @@ async def test_a_socket_ended_by_its_expiry_is_not_recovered() -> None:
         ["recovery-expiry-key-0123456789abcdef"], salt="recovery", max_age=2.5
     )
     gateway = _gateway(short, refresh_ahead=0.2)
-    async with serve(gateway, "aiohttp") as running:
-        async with js_client(
-            running.url, UPDATES, auth={"token": short.issue(USERS["nurse"])}
-        ) as client:
-            await _subscribed(client)
-            await client.event("auth:expired")
-            assert (await client.disconnected())["reason"] == "io server disconnect"
-            client.send("reconnect", auth={"token": short.issue(USERS["nurse"])})
-            assert (await client.connected())["recovered"] is False
+    async with (
+        serve(gateway, "aiohttp") as running,
+        js_client(running.url, UPDATES, auth={"token": short.issue(USERS["nurse"])}) as client,
+    ):
+        await _subscribed(client)
+        await client.event("auth:expired")
+        assert (await client.disconnected())["reason"] == "io server disconnect"
+        client.send("reconnect", auth={"token": short.issue(USERS["nurse"])})
+        assert (await client.connected())["recovered"] is False
     assert gateway.metrics.recoveries["unknown"] == 1

@@ -12,7 +12,7 @@ import attrs
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["GatewayConfig"]
+__all__ = ["GatewayConfig", "redis_address"]
 
 TRANSPORTS = ("polling", "websocket")
 
@@ -105,6 +105,20 @@ def _optional_redis_url(instance: Any, attribute: attrs.Attribute[Any], value: A
     scheme = urlsplit(value).scheme if isinstance(value, str) else ""
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(attribute.name, "must be a URL such as 'redis://127.0.0.1:6379/0'")
+
+
+def redis_address(url: str) -> str:
+    """Where ``url`` points, ``host:port`` or a socket path, without its credentials:
+    safe to log and to show."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path or "?"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 6379
+    host = parts.hostname or "localhost"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _valid_prefix(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

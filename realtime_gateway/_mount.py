@@ -17,7 +17,7 @@ import socketio
 from aiohttp import web
 
 from ._accesslog import RedactingAccessLogger, request_error_logger
-from ._exceptions import ConfigurationError
+from ._exceptions import GatewayError
 from ._log import log
 
 if TYPE_CHECKING:
@@ -118,26 +118,46 @@ class ShutdownOnLifespan:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-
-        async def receive_then_shut_down() -> Any:
-            message = await receive()
-            if message.get("type") == "lifespan.startup":
-                await self.gateway.start()
-            elif message.get("type") == "lifespan.shutdown":
-                await self.gateway.shutdown()
-            return message
-
+        message = await receive()
+        if message.get("type") == "lifespan.startup":
+            failure = await self._start()
+            if failure is not None:
+                # Said in a message rather than raised: an exception here would make
+                # uvicorn's lifespan "auto" take the app for one without lifespan
+                # support and serve anyway. The host app is never started.
+                await send({"type": "lifespan.startup.failed", "message": failure})
+                return
         if self.host_app is not None:
+            first: Any = message
+
+            async def receive_then_shut_down() -> Any:
+                nonlocal first
+                if first is not None:
+                    replay, first = first, None
+                    return replay
+                message = await receive()
+                if message.get("type") == "lifespan.shutdown":
+                    await self.gateway.shutdown()
+                return message
+
             await self.host_app(scope, receive_then_shut_down, send)
             return
         while True:
-            try:
-                message = await receive_then_shut_down()
-            except ConfigurationError as exc:
-                await send({"type": "lifespan.startup.failed", "message": exc.message})
-                return
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.gateway.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+            message = await receive()
+
+    async def _start(self) -> str | None:
+        """Start the gateway; what went wrong, in words safe to log, if it failed."""
+        try:
+            await self.gateway.start()
+        except GatewayError as exc:
+            return exc.message
+        except Exception as exc:
+            log(logging.ERROR, "gateway_start_failed", error=type(exc).__name__)
+            return f"the gateway failed to start ({type(exc).__name__})"
+        return None

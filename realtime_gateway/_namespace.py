@@ -13,6 +13,7 @@ role when it connects, so the gateway can reach a user or a role in any namespac
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,7 +36,7 @@ from ._exceptions import (
 )
 from ._identity import Identity
 from ._log import log
-from ._payload import PayloadSpec, encoded_size, parse_payload
+from ._payload import PayloadSpec, check_spec, encoded_size, parse_payload
 
 if TYPE_CHECKING:
     from ._gateway import Gateway
@@ -83,12 +84,25 @@ def event(
     """
     if not isinstance(name, str) or not name or name in _RESERVED:
         raise ValueError(f"invalid event name {name!r}")
+    check_spec(payload, resolve=False)
 
     def decorate(handler: H) -> H:
+        _check_handler(name, handler)
         setattr(handler, _EVENT_SPEC, _EventSpec(name, payload, max_size))
         return handler
 
     return decorate
+
+
+def _check_handler(name: str, handler: object) -> None:
+    """A handler must be a coroutine function: a plain one would answer every event
+    with ``internal`` (its result cannot be awaited)."""
+    call = getattr(handler, "__call__", None)  # noqa: B004 (an async __call__ counts)
+    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
+        raise TypeError(
+            f"the handler of event {name!r} must be a coroutine function (async def),"
+            f" got {handler!r}"
+        )
 
 
 def user_room(user_id: str) -> str:
@@ -171,6 +185,10 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._handlers: dict[str, tuple[Handler, _EventSpec]] = {
             name: (getattr(self, attr), spec) for name, (attr, spec) in self._events.items()
         }
+        for _, spec in self._handlers.values():
+            # Annotations are resolved here rather than by @event, when the classes
+            # a payload class names may not all be defined yet.
+            check_spec(spec.payload)
         self._handlers["auth:refresh"] = (
             self._refresh_session,
             _EventSpec("auth:refresh", _refresh_token, None),
@@ -207,6 +225,8 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise ValueError(f"invalid event name {name!r}")
         if name in self._handlers:
             raise ValueError(f"event {name!r} already has a handler")
+        _check_handler(name, handler)
+        check_spec(payload)
         self._handlers[name] = (handler, _EventSpec(name, payload, max_size))
 
     @property

@@ -3,26 +3,40 @@
 A handler's ``payload`` spec is one of:
 
 - ``None``: anything is accepted and passed through;
-- a JSON type (``str``, ``int``, ``float``, ``bool``, ``dict``, ``list``);
+- a JSON type (``str``, ``int``, ``float``, ``bool``, ``dict``, ``list``) or a
+  type annotation built from them: ``list[str]``, ``dict[str, int]``,
+  ``int | None``, ``Literal["low", "high"]``;
 - an attrs class: the payload must be an object whose keys are the fields'
   aliases (``attrs.field(alias="conversationId")``); unknown keys are ignored,
-  missing or ill-typed fields are refused naming the field;
+  missing fields are refused naming the field, and each field's annotation is
+  enforced (the annotations above, ``Optional``, nested attrs classes, ``Any``)
+  before the class's own validators run; a field with a converter is left to
+  its converter. ``bool`` is never taken for a number; an integer is taken for a
+  ``float`` (and made one), as JavaScript sends ``3.0`` as ``3``;
+- a pydantic v2 model (when pydantic is installed): validated as pydantic does
+  (lax unless the model is strict), refusals naming the field;
 - any other callable taking the raw payload and returning the parsed value,
   raising :class:`InvalidPayload` (or ``TypeError``/``ValueError``) to refuse.
+
+Refusals name the field (``items[2].title`` for nested ones) and never quote the
+value. :func:`check_spec` reports a spec that cannot work when a handler is
+declared or registered, rather than when the first event arrives.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
-from ._exceptions import InvalidPayload
+from ._exceptions import ConfigurationError, InvalidPayload
 
-__all__ = ["PayloadSpec", "encoded_size", "parse_payload"]
+__all__ = ["PayloadSpec", "check_spec", "encoded_size", "parse_payload"]
 
 PayloadSpec = type | Callable[[Any], Any] | None
 
@@ -34,6 +48,10 @@ _JSON_TYPE_NAMES: dict[type, str] = {
     dict: "an object",
     list: "a list",
 }
+
+# A compiled annotation: takes the value and its field path (None at the top
+# level), returns the value to pass on, raises InvalidPayload.
+_Check = Callable[[object, "str | None"], object]
 
 
 def encoded_size(payload: object) -> int:
@@ -64,7 +82,11 @@ def parse_payload(spec: PayloadSpec, payload: object) -> Any:
     if isinstance(spec, type) and spec in _JSON_TYPE_NAMES:
         return _check_json_type(spec, payload)
     if isinstance(spec, type) and attrs.has(spec):
-        return _build_attrs(spec, payload)
+        return _build_attrs(spec, payload, None)
+    if _is_pydantic_model(spec):
+        return _build_pydantic(spec, payload)
+    if _is_annotation(spec):
+        return _annotation_check(spec)(payload, None)
     try:
         return spec(payload)
     except InvalidPayload:
@@ -73,38 +95,127 @@ def parse_payload(spec: PayloadSpec, payload: object) -> Any:
         raise InvalidPayload("Invalid payload") from None
 
 
-def _check_json_type(spec: type, payload: object) -> object:
+def check_spec(spec: object, *, resolve: bool = True) -> None:
+    """Raise ``TypeError`` if ``spec`` is not a payload spec, and (with ``resolve``)
+    :class:`ConfigurationError` if it is one whose annotations cannot be enforced
+    (a field annotated with a type JSON cannot carry, a name that does not resolve)."""
+    if spec is None:
+        return
+    if isinstance(spec, str):
+        raise TypeError(
+            f"payload must be a type or a callable, got the string {spec!r}"
+            f" (write payload={spec}, without quotes)"
+        )
+    annotation = _is_annotation(spec)
+    if not annotation and not callable(spec):
+        raise TypeError(f"payload must be a type or a callable, got {type(spec).__name__}")
+    if not resolve:
+        return
+    if isinstance(spec, type) and attrs.has(spec):
+        _attrs_fields(spec)
+    elif annotation:
+        _annotation_check(spec)
+
+
+def _check_json_type(spec: type, payload: object, path: str | None = None) -> object:
     matches = isinstance(payload, spec)
     if spec is int or spec is float:
         matches = matches and not isinstance(payload, bool)
     if spec is float and isinstance(payload, int) and not isinstance(payload, bool):
         return float(payload)
     if not matches:
-        raise InvalidPayload(f"Payload must be {_JSON_TYPE_NAMES[spec]}")
+        if path is None:
+            raise InvalidPayload(f"Payload must be {_JSON_TYPE_NAMES[spec]}")
+        raise _invalid(path, f"must be {_JSON_TYPE_NAMES[spec]}")
     return payload
 
 
-def _build_attrs(spec: type, payload: object) -> object:
+def _invalid(path: str | None, problem: str | None = None) -> InvalidPayload:
+    if path is None:
+        return InvalidPayload(f"Payload {problem}" if problem else "Invalid payload")
+    detail = f": {problem}" if problem else ""
+    return InvalidPayload(f"Invalid field '{path}'{detail}", field=path)
+
+
+def _child(path: str | None, name: str) -> str:
+    return name if path is None else f"{path}.{name}"
+
+
+# -- attrs classes --------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Field:
+    name: str  # the alias: the key in the payload
+    required: bool
+    check: _Check | None
+
+
+_FIELDS: dict[type, tuple[_Field, ...]] = {}
+
+
+def _attrs_fields(spec: type) -> tuple[_Field, ...]:
+    """The payload fields of the attrs class ``spec`` with their type checks, worked
+    out once per class."""
+    known = _FIELDS.get(spec)
+    if known is not None:
+        return known
+    # Set first: a class that nests itself (a tree) finds itself here.
+    _FIELDS[spec] = ()
+    try:
+        try:
+            hints = typing.get_type_hints(spec)
+        except Exception as exc:
+            raise ConfigurationError(
+                "payload",
+                f"cannot resolve the annotations of {spec.__qualname__} ({exc});"
+                " define the classes it names at module level",
+            ) from None
+        fields: list[_Field] = []
+        for field in attrs.fields(spec):
+            if not field.init:
+                continue
+            check = None
+            if field.converter is None and field.name in hints:
+                try:
+                    check = _annotation_check(hints[field.name])
+                except ConfigurationError as exc:
+                    raise ConfigurationError(
+                        "payload", f"{spec.__qualname__}.{field.name}: {exc.problem}"
+                    ) from None
+            fields.append(_Field(str(field.alias), field.default is attrs.NOTHING, check))
+        _FIELDS[spec] = tuple(fields)
+    except BaseException:
+        del _FIELDS[spec]
+        raise
+    return _FIELDS[spec]
+
+
+def _build_attrs(spec: type, payload: object, path: str | None) -> object:
+    fields = _attrs_fields(spec)
     if not isinstance(payload, Mapping):
-        raise InvalidPayload("Payload must be an object")
+        if path is None:
+            raise InvalidPayload("Payload must be an object")
+        raise _invalid(path, "must be an object")
     kwargs: dict[str, Any] = {}
-    for field in attrs.fields(spec):
-        if not field.init:
-            continue
-        name = field.alias
+    for field in fields:
+        name = field.name
         if name in payload:
-            kwargs[name] = payload[name]
-        elif field.default is attrs.NOTHING:
-            raise InvalidPayload(f"Missing field '{name}'", field=name)
+            value = payload[name]
+            kwargs[name] = value if field.check is None else field.check(value, _child(path, name))
+        elif field.required:
+            where = _child(path, name)
+            raise InvalidPayload(f"Missing field '{where}'", field=where)
     try:
         return spec(**kwargs)
     except InvalidPayload:
         raise
     except (TypeError, ValueError) as exc:
-        name = _failed_field(spec, kwargs, exc)
-        if name is None:
-            raise InvalidPayload("Invalid payload") from None
-        raise InvalidPayload(f"Invalid field '{name}'", field=name) from None
+        failed = _failed_field(spec, kwargs, exc)
+        if failed is None:
+            raise _invalid(path) from None
+        where = _child(path, failed)
+        raise InvalidPayload(f"Invalid field '{where}'", field=where) from None
 
 
 def _failed_field(spec: type, kwargs: Mapping[str, Any], exc: Exception) -> str | None:
@@ -121,3 +232,152 @@ def _failed_field(spec: type, kwargs: Mapping[str, Any], exc: Exception) -> str 
         except Exception:
             return str(field.alias)
     return None
+
+
+# -- annotations ----------------------------------------------------------------------
+
+
+def _is_annotation(spec: object) -> bool:
+    """A typing construct (``list[str]``, ``int | None``, ``Literal[...]``) rather
+    than a parsing callable."""
+    return isinstance(spec, types.GenericAlias | types.UnionType) or (
+        type(spec).__module__ == "typing" and typing.get_origin(spec) is not None
+    )
+
+
+def _annotation_check(annotation: Any) -> _Check:
+    """A check enforcing ``annotation`` on a JSON value; ``ConfigurationError`` for an
+    annotation JSON cannot satisfy."""
+    if annotation is Any or annotation is object:
+        return _accept
+    if annotation is None or annotation is type(None):
+        return _none
+    if isinstance(annotation, type) and annotation in _JSON_TYPE_NAMES:
+        return lambda value, path: _check_json_type(annotation, value, path)
+    if isinstance(annotation, type) and attrs.has(annotation):
+        _attrs_fields(annotation)
+        return lambda value, path: _build_attrs(annotation, value, path)
+    if _is_pydantic_model(annotation):
+        return lambda value, path: _build_pydantic(annotation, value, path)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _annotation_check(args[0])
+    if origin is typing.Literal:
+        return _literal(args)
+    if origin is typing.Union or origin is types.UnionType:
+        return _union(
+            tuple(_annotation_check(arg) for arg in args), None in args or type(None) in args
+        )
+    if origin is list and len(args) == 1:
+        return _list_of(_annotation_check(args[0]))
+    if origin is dict and len(args) == 2 and args[0] is str:
+        return _dict_of(_annotation_check(args[1]))
+    raise ConfigurationError(
+        "payload",
+        f"{_name(annotation)} is not a type a JSON payload can hold"
+        " (use str, int, float, bool, list[...], dict[str, ...], Optional, Literal,"
+        " an attrs class, or give the field a converter)",
+    )
+
+
+def _name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is None and isinstance(annotation, type):
+        return annotation.__qualname__
+    return repr(annotation).replace("typing.", "")
+
+
+def _accept(value: object, path: str | None) -> object:
+    return value
+
+
+def _none(value: object, path: str | None) -> object:
+    if value is not None:
+        raise _invalid(path, "must be null")
+    return value
+
+
+def _literal(options: tuple[Any, ...]) -> _Check:
+    # 1 == True in Python: compare types too, so true is not taken for 1.
+    allowed = frozenset((type(option), option) for option in options)
+    described = ", ".join(json.dumps(option) for option in options)
+
+    def check(value: object, path: str | None) -> object:
+        try:
+            if (type(value), value) in allowed:
+                return value
+        except TypeError:  # an unhashable value (a list, an object)
+            pass
+        raise _invalid(path, f"must be one of {described}")
+
+    return check
+
+
+def _union(checks: tuple[_Check, ...], optional: bool) -> _Check:
+    def check(value: object, path: str | None) -> object:
+        if value is None and optional:
+            return None
+        first: InvalidPayload | None = None
+        for one in checks:
+            try:
+                return one(value, path)
+            except InvalidPayload as exc:
+                first = first or exc
+        assert first is not None
+        raise first
+
+    return check
+
+
+def _list_of(item: _Check) -> _Check:
+    def check(value: object, path: str | None) -> object:
+        if not isinstance(value, list):
+            raise _invalid(path, "must be a list")
+        prefix = path or ""
+        return [item(element, f"{prefix}[{index}]") for index, element in enumerate(value)]
+
+    return check
+
+
+def _dict_of(item: _Check) -> _Check:
+    def check(value: object, path: str | None) -> object:
+        if not isinstance(value, Mapping):
+            raise _invalid(path, "must be an object")
+        return {key: item(element, _child(path, key)) for key, element in value.items()}
+
+    return check
+
+
+# -- pydantic -------------------------------------------------------------------------
+
+
+def _is_pydantic_model(spec: object) -> bool:
+    # pydantic is imported only by applications that use it: a model class cannot
+    # exist before the module does.
+    pydantic = sys.modules.get("pydantic")
+    return (
+        pydantic is not None
+        and isinstance(spec, type)
+        and issubclass(spec, pydantic.BaseModel)
+        and spec is not pydantic.BaseModel
+    )
+
+
+def _build_pydantic(spec: Any, payload: object, path: str | None = None) -> object:
+    from pydantic import ValidationError
+
+    try:
+        return spec.model_validate(payload)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    first = errors[0] if errors else {"loc": (), "type": ""}
+    where = path
+    for part in first["loc"]:
+        where = f"{where or ''}[{part}]" if isinstance(part, int) else _child(where, str(part))
+    if where is None:
+        raise InvalidPayload(
+            "Payload must be an object" if first["type"] == "model_type" else "Invalid payload"
+        )
+    if first["type"] == "missing":
+        raise InvalidPayload(f"Missing field '{where}'", field=where)
+    raise InvalidPayload(f"Invalid field '{where}'", field=where)

@@ -239,7 +239,11 @@ class Gateway:
     def _build_server(self, async_mode: str) -> Any:
         """The server for ``async_mode``, built once (by the mounting functions)."""
         if self._server is not None:
-            raise ConfigurationError("async_mode", "the gateway is already mounted")
+            raise ConfigurationError(
+                "gateway",
+                "this gateway is already mounted (attach() or asgi_app() was called"
+                " before); mount a gateway once, and build one Gateway per app",
+            )
         manager = None if self._cluster is None else self._cluster.manager
         self._server = build_server(self, async_mode, origins=self._origins, client_manager=manager)
         return self._server

@@ -35,7 +35,7 @@ from ._exceptions import (
     RateLimited,
 )
 from ._identity import Identity
-from ._log import log
+from ._log import log, log_stack
 from ._payload import PayloadSpec, check_spec, encoded_size, parse_payload
 
 if TYPE_CHECKING:
@@ -341,7 +341,8 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             self._failed("presence_hook_failed", conn.sid, exc)
 
     def _failed(self, what: str, sid: str, exc: Exception, **fields: Any) -> None:
-        """Log that a hook or handler failed: which, where and the error's type only."""
+        """Log that a hook or handler failed: which, where and the error's type only;
+        at DEBUG also where in the code (``<what>_traceback``, no values)."""
         log(
             logging.ERROR,
             what,
@@ -350,6 +351,7 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             **fields,
             error=type(exc).__name__,
         )
+        log_stack(f"{what}_traceback", exc, sid=sid, namespace=self.namespace, **fields)
 
     def _system_room(self, conn: Connection, room: str) -> bool:
         return room == user_room(conn.identity.user_id) or room.startswith("role:")

@@ -25,8 +25,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     token = commands.add_parser(
         "token",
         help="print a signed token that SignedTokenAuthenticator accepts",
-        description="Print a signed token that SignedTokenAuthenticator(key, salt=SALT)"
-        " accepts.",
+        description="Print a signed token that SignedTokenAuthenticator(key, salt=SALT) accepts.",
     )
     token.add_argument(
         "--secret-key", help=f"signing key (default: the {SECRET_KEY_ENV} environment variable)"

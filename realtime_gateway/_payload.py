@@ -49,9 +49,8 @@ _JSON_TYPE_NAMES: dict[type, str] = {
     list: "a list",
 }
 
-# A compiled annotation: takes the value and its field path (None at the top
-# level), returns the value to pass on, raises InvalidPayload.
-_Check = Callable[[object, "str | None"], object]
+# A compiled annotation: takes a value, returns what to pass on, raises _Refused.
+_Check = Callable[[object], object]
 
 
 def encoded_size(payload: object) -> int:
@@ -79,20 +78,41 @@ def parse_payload(spec: PayloadSpec, payload: object) -> Any:
     """Return ``payload`` parsed by ``spec`` or raise :class:`InvalidPayload`."""
     if spec is None:
         return payload
-    if isinstance(spec, type) and spec in _JSON_TYPE_NAMES:
-        return _check_json_type(spec, payload)
-    if isinstance(spec, type) and attrs.has(spec):
-        return _build_attrs(spec, payload, None)
-    if _is_pydantic_model(spec):
-        return _build_pydantic(spec, payload)
-    if _is_annotation(spec):
-        return _annotation_check(spec)(payload, None)
     try:
-        return spec(payload)
-    except InvalidPayload:
-        raise
-    except (TypeError, ValueError):
-        raise InvalidPayload("Invalid payload") from None
+        parser = _PARSERS.get(spec)
+    except TypeError:  # an unhashable callable
+        return _parser(spec)(payload)
+    if parser is None:
+        parser = _parser(spec)
+        if len(_PARSERS) < _MAX_PARSERS:
+            _PARSERS[spec] = parser
+    return parser(payload)
+
+
+# Specs are declared in code, a few per handler; the bound only guards against an
+# application that makes a new callable per call.
+_MAX_PARSERS = 4096
+_PARSERS: dict[Any, Callable[[object], Any]] = {}
+
+
+def _parser(spec: Any) -> Callable[[object], Any]:
+    """The parser of ``spec``, worked out once so that an event pays only for it."""
+    if (
+        (isinstance(spec, type) and (spec in _JSON_CHECKS or attrs.has(spec)))
+        or _is_pydantic_model(spec)
+        or _is_annotation(spec)
+    ):
+        return _top_level(_annotation_check(spec))
+
+    def call(payload: object) -> Any:
+        try:
+            return spec(payload)
+        except InvalidPayload:
+            raise
+        except (TypeError, ValueError):
+            raise InvalidPayload("Invalid payload") from None
+
+    return call
 
 
 def check_spec(spec: object, *, resolve: bool = True) -> None:
@@ -117,28 +137,83 @@ def check_spec(spec: object, *, resolve: bool = True) -> None:
         _annotation_check(spec)
 
 
-def _check_json_type(spec: type, payload: object, path: str | None = None) -> object:
-    matches = isinstance(payload, spec)
-    if spec is int or spec is float:
-        matches = matches and not isinstance(payload, bool)
-    if spec is float and isinstance(payload, int) and not isinstance(payload, bool):
-        return float(payload)
-    if not matches:
-        if path is None:
-            raise InvalidPayload(f"Payload must be {_JSON_TYPE_NAMES[spec]}")
-        raise _invalid(path, f"must be {_JSON_TYPE_NAMES[spec]}")
-    return payload
+# -- refusals -------------------------------------------------------------------------
 
 
-def _invalid(path: str | None, problem: str | None = None) -> InvalidPayload:
-    if path is None:
+class _Refused(Exception):
+    """A value refused somewhere inside a payload. Each container it passes on the
+    way out adds its key or index, so that the path is built only for a refusal."""
+
+    def __init__(self, problem: str | None = None, *, missing: bool = False) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.missing = missing
+        self.parts: list[str | int] = []  # innermost first
+
+
+def _refusal(refused: _Refused) -> InvalidPayload:
+    where = ""
+    for part in reversed(refused.parts):
+        if isinstance(part, int):
+            where += f"[{part}]"
+        else:
+            where += f".{part}" if where else part
+    if not where:
+        problem = refused.problem
         return InvalidPayload(f"Payload {problem}" if problem else "Invalid payload")
-    detail = f": {problem}" if problem else ""
-    return InvalidPayload(f"Invalid field '{path}'{detail}", field=path)
+    if refused.missing:
+        return InvalidPayload(f"Missing field '{where}'", field=where)
+    detail = f": {refused.problem}" if refused.problem else ""
+    return InvalidPayload(f"Invalid field '{where}'{detail}", field=where)
 
 
-def _child(path: str | None, name: str) -> str:
-    return name if path is None else f"{path}.{name}"
+def _top_level(check: _Check) -> Callable[[object], Any]:
+    def parse(payload: object) -> Any:
+        try:
+            return check(payload)
+        except _Refused as exc:
+            refused = exc
+        # Raised outside the handler: the InvalidPayload has no context to show.
+        raise _refusal(refused)
+
+    return parse
+
+
+# -- JSON types -----------------------------------------------------------------------
+
+
+def _json_check(kind: type) -> _Check:
+    """The check of one JSON type: ``bool`` is not a number, an integer is a
+    ``float`` (converted)."""
+    expected = f"must be {_JSON_TYPE_NAMES[kind]}"
+
+    if kind is int:
+
+        def check(value: object) -> object:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            raise _Refused(expected)
+
+    elif kind is float:
+
+        def check(value: object) -> object:
+            if isinstance(value, float):
+                return value
+            if isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            raise _Refused(expected)
+
+    else:
+
+        def check(value: object) -> object:
+            if isinstance(value, kind):
+                return value
+            raise _Refused(expected)
+
+    return check
+
+
+_JSON_CHECKS: dict[type, _Check] = {kind: _json_check(kind) for kind in _JSON_TYPE_NAMES}
 
 
 # -- attrs classes --------------------------------------------------------------------
@@ -191,31 +266,42 @@ def _attrs_fields(spec: type) -> tuple[_Field, ...]:
     return _FIELDS[spec]
 
 
-def _build_attrs(spec: type, payload: object, path: str | None) -> object:
-    fields = _attrs_fields(spec)
-    if not isinstance(payload, Mapping):
-        if path is None:
-            raise InvalidPayload("Payload must be an object")
-        raise _invalid(path, "must be an object")
-    kwargs: dict[str, Any] = {}
-    for field in fields:
-        name = field.name
-        if name in payload:
-            value = payload[name]
-            kwargs[name] = value if field.check is None else field.check(value, _child(path, name))
-        elif field.required:
-            where = _child(path, name)
-            raise InvalidPayload(f"Missing field '{where}'", field=where)
-    try:
-        return spec(**kwargs)
-    except InvalidPayload:
-        raise
-    except (TypeError, ValueError) as exc:
-        failed = _failed_field(spec, kwargs, exc)
-        if failed is None:
-            raise _invalid(path) from None
-        where = _child(path, failed)
-        raise InvalidPayload(f"Invalid field '{where}'", field=where) from None
+def _attrs_check(spec: type) -> _Check:
+    _attrs_fields(spec)
+
+    def check(payload: object) -> object:
+        # Looked up at each call: a class nesting itself is compiled while in use.
+        fields = _FIELDS[spec]
+        if not isinstance(payload, Mapping):
+            raise _Refused("must be an object")
+        kwargs: dict[str, Any] = {}
+        for field in fields:
+            name = field.name
+            if name in payload:
+                value = payload[name]
+                if field.check is not None:
+                    try:
+                        value = field.check(value)
+                    except _Refused as exc:
+                        exc.parts.append(name)
+                        raise
+                kwargs[name] = value
+            elif field.required:
+                missing = _Refused(missing=True)
+                missing.parts.append(name)
+                raise missing
+        try:
+            return spec(**kwargs)
+        except InvalidPayload:
+            raise
+        except (TypeError, ValueError) as exc:
+            failed = _failed_field(spec, kwargs, exc)
+            refused = _Refused()
+            if failed is not None:
+                refused.parts.append(failed)
+            raise refused from None
+
+    return check
 
 
 def _failed_field(spec: type, kwargs: Mapping[str, Any], exc: Exception) -> str | None:
@@ -252,13 +338,12 @@ def _annotation_check(annotation: Any) -> _Check:
         return _accept
     if annotation is None or annotation is type(None):
         return _none
-    if isinstance(annotation, type) and annotation in _JSON_TYPE_NAMES:
-        return lambda value, path: _check_json_type(annotation, value, path)
+    if isinstance(annotation, type) and annotation in _JSON_CHECKS:
+        return _JSON_CHECKS[annotation]
     if isinstance(annotation, type) and attrs.has(annotation):
-        _attrs_fields(annotation)
-        return lambda value, path: _build_attrs(annotation, value, path)
+        return _attrs_check(annotation)
     if _is_pydantic_model(annotation):
-        return lambda value, path: _build_pydantic(annotation, value, path)
+        return _pydantic_check(annotation)
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Annotated:
@@ -287,41 +372,41 @@ def _name(annotation: Any) -> str:
     return repr(annotation).replace("typing.", "")
 
 
-def _accept(value: object, path: str | None) -> object:
+def _accept(value: object) -> object:
     return value
 
 
-def _none(value: object, path: str | None) -> object:
+def _none(value: object) -> object:
     if value is not None:
-        raise _invalid(path, "must be null")
+        raise _Refused("must be null")
     return value
 
 
 def _literal(options: tuple[Any, ...]) -> _Check:
     # 1 == True in Python: compare types too, so true is not taken for 1.
     allowed = frozenset((type(option), option) for option in options)
-    described = ", ".join(json.dumps(option) for option in options)
+    expected = "must be one of " + ", ".join(json.dumps(option) for option in options)
 
-    def check(value: object, path: str | None) -> object:
+    def check(value: object) -> object:
         try:
             if (type(value), value) in allowed:
                 return value
         except TypeError:  # an unhashable value (a list, an object)
             pass
-        raise _invalid(path, f"must be one of {described}")
+        raise _Refused(expected)
 
     return check
 
 
 def _union(checks: tuple[_Check, ...], optional: bool) -> _Check:
-    def check(value: object, path: str | None) -> object:
+    def check(value: object) -> object:
         if value is None and optional:
             return None
-        first: InvalidPayload | None = None
+        first: _Refused | None = None
         for one in checks:
             try:
-                return one(value, path)
-            except InvalidPayload as exc:
+                return one(value)
+            except _Refused as exc:
                 first = first or exc
         assert first is not None
         raise first
@@ -330,20 +415,33 @@ def _union(checks: tuple[_Check, ...], optional: bool) -> _Check:
 
 
 def _list_of(item: _Check) -> _Check:
-    def check(value: object, path: str | None) -> object:
+    def check(value: object) -> object:
         if not isinstance(value, list):
-            raise _invalid(path, "must be a list")
-        prefix = path or ""
-        return [item(element, f"{prefix}[{index}]") for index, element in enumerate(value)]
+            raise _Refused("must be a list")
+        items = []
+        for index, element in enumerate(value):
+            try:
+                items.append(item(element))
+            except _Refused as exc:
+                exc.parts.append(index)
+                raise
+        return items
 
     return check
 
 
 def _dict_of(item: _Check) -> _Check:
-    def check(value: object, path: str | None) -> object:
+    def check(value: object) -> object:
         if not isinstance(value, Mapping):
-            raise _invalid(path, "must be an object")
-        return {key: item(element, _child(path, key)) for key, element in value.items()}
+            raise _Refused("must be an object")
+        items = {}
+        for key, element in value.items():
+            try:
+                items[key] = item(element)
+            except _Refused as exc:
+                exc.parts.append(str(key))
+                raise
+        return items
 
     return check
 
@@ -363,21 +461,22 @@ def _is_pydantic_model(spec: object) -> bool:
     )
 
 
-def _build_pydantic(spec: Any, payload: object, path: str | None = None) -> object:
+def _pydantic_check(spec: Any) -> _Check:
     from pydantic import ValidationError
 
-    try:
-        return spec.model_validate(payload)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-    first = errors[0] if errors else {"loc": (), "type": ""}
-    where = path
-    for part in first["loc"]:
-        where = f"{where or ''}[{part}]" if isinstance(part, int) else _child(where, str(part))
-    if where is None:
-        raise InvalidPayload(
-            "Payload must be an object" if first["type"] == "model_type" else "Invalid payload"
+    def check(payload: object) -> object:
+        try:
+            return spec.model_validate(payload)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        first = errors[0] if errors else {"loc": (), "type": ""}
+        loc = first["loc"]
+        kind = first["type"]
+        refused = _Refused(
+            "must be an object" if not loc and kind == "model_type" else None,
+            missing=kind == "missing",
         )
-    if first["type"] == "missing":
-        raise InvalidPayload(f"Missing field '{where}'", field=where)
-    raise InvalidPayload(f"Invalid field '{where}'", field=where)
+        refused.parts.extend(part if isinstance(part, int) else str(part) for part in reversed(loc))
+        raise refused
+
+    return check

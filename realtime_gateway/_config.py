@@ -172,9 +172,10 @@ class GatewayConfig:
     ``ping_interval`` and ``ping_timeout`` at least 1 (engine.io announces the
     interval in whole seconds, python-engineio's own rounding), ``cluster_ttl`` and
     ``revocation_ttl`` at least 1, ``cluster_canary_interval``, ``reconnect_window``
-    and ``log_repeat_interval`` at least 0.1. ``max_payload_size`` bounds one transport message (bytes);
-    ``max_event_size`` bounds one event's decoded payload (bytes of JSON), above
-    which the event is refused with ``invalid_payload`` and the connection kept.
+    and ``log_repeat_interval`` at least 0.1. ``max_payload_size`` bounds one
+    transport message (bytes); ``max_event_size`` bounds one event's decoded
+    payload (bytes of JSON), above which the event is refused with
+    ``invalid_payload`` and the connection kept.
     ``max_nesting_depth`` bounds how deep arrays and objects may nest in anything
     the gateway decodes (socket.io packets and admin API bodies; an event's data
     counts one level for its argument list). ``max_attachments`` bounds the binary

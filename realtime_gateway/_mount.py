@@ -106,8 +106,11 @@ def asgi_app(gateway: Gateway, other_asgi_app: ASGIApp | None) -> ASGIApp:
 
 
 class ShutdownOnLifespan:
-    """python-socketio's ASGI app, with the gateway's graceful shutdown run when the
-    ASGI server announces lifespan shutdown, before the host app's own shutdown."""
+    """python-socketio's ASGI app, with the gateway started on lifespan startup
+    before the host app (a gateway that cannot start answers
+    ``lifespan.startup.failed`` and the host app is not started), and its graceful
+    shutdown run on lifespan shutdown before the host app's own, or as soon as the
+    host app's startup fails."""
 
     def __init__(self, app: ASGIApp, host_app: ASGIApp | None, gateway: Gateway) -> None:
         self.app = app
@@ -140,7 +143,14 @@ class ShutdownOnLifespan:
                     await self.gateway.shutdown()
                 return message
 
-            await self.host_app(scope, receive_then_shut_down, send)
+            async def send_after_shutdown(message: Any) -> None:
+                if message.get("type") == "lifespan.startup.failed":
+                    # The host app did not start: nothing will be served, so the
+                    # gateway (its Redis connections, its timers) stops first.
+                    await self.gateway.shutdown()
+                await send(message)
+
+            await self.host_app(scope, receive_then_shut_down, send_after_shutdown)
             return
         while True:
             if message["type"] == "lifespan.startup":

@@ -373,7 +373,8 @@ class AdminAPI:
     # -- adapters ------------------------------------------------------------------
 
     def attach(self, app: web.Application) -> None:
-        """Serve the API from the aiohttp application ``app`` under ``prefix``."""
+        """Serve the API from the aiohttp application ``app`` under ``prefix``; once
+        per app and prefix (again raises :class:`ConfigurationError`)."""
 
         async def serve(request: web.Request) -> web.StreamResponse:
             body = bytearray()

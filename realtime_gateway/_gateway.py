@@ -218,7 +218,8 @@ class Gateway:
 
     def attach(self, app: web.Application) -> None:
         """Serve socket.io from the aiohttp application ``app`` at ``config.path``;
-        the app's shutdown runs :meth:`shutdown` while connections are still open."""
+        the app's shutdown runs :meth:`shutdown` while connections are still open. A
+        gateway is mounted once (:meth:`attach` or :meth:`asgi_app`)."""
         mount_aiohttp(self, app)
 
     async def run_aiohttp(

@@ -79,8 +79,10 @@ def event(
     """Declare the decorated coroutine method as the handler of event ``name``.
 
     ``payload`` is what the event accepts (see :func:`parse_payload`'s specs: a JSON
-    type, an attrs class, or a parsing callable); ``max_size`` overrides the
-    gateway's ``max_event_size`` for this event. Names may contain ``:``.
+    type or an annotation of them, an attrs class, a pydantic model, or a parsing
+    callable); ``max_size`` overrides the gateway's ``max_event_size`` for this
+    event. Names may contain ``:``. A handler that is not a coroutine function, or
+    a spec that is a string (``payload="str"``), raises ``TypeError`` here.
     """
     if not isinstance(name, str) or not name or name in _RESERVED:
         raise ValueError(f"invalid event name {name!r}")
@@ -220,7 +222,9 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         max_size: int | None = None,
     ) -> None:
         """Handle event ``name`` with the coroutine ``handler(conn, value)`` on this
-        instance only, like a method decorated with :func:`event`."""
+        instance only, like a method decorated with :func:`event` (and refused the
+        same way: ``TypeError`` for a plain function or a string spec,
+        :class:`ConfigurationError` for annotations a payload cannot satisfy)."""
         if not isinstance(name, str) or not name or name in _RESERVED:
             raise ValueError(f"invalid event name {name!r}")
         if name in self._handlers:

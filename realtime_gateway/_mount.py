@@ -18,7 +18,7 @@ from aiohttp import web
 
 from ._accesslog import RedactingAccessLogger, request_error_logger
 from ._exceptions import GatewayError
-from ._log import log
+from ._log import log, log_stack
 
 if TYPE_CHECKING:
     from ._gateway import Gateway
@@ -169,5 +169,6 @@ class ShutdownOnLifespan:
             return exc.message
         except Exception as exc:
             log(logging.ERROR, "gateway_start_failed", error=type(exc).__name__)
+            log_stack("gateway_start_failed_traceback", exc)
             return f"the gateway failed to start ({type(exc).__name__})"
         return None

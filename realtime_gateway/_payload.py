@@ -9,8 +9,9 @@ A handler's ``payload`` spec is one of:
 - an attrs class: the payload must be an object whose keys are the fields'
   aliases (``attrs.field(alias="conversationId")``); unknown keys are ignored,
   missing fields are refused naming the field, and each field's annotation is
-  enforced (the annotations above, ``Optional``, nested attrs classes, ``Any``)
-  before the class's own validators run; a field with a converter is left to
+  enforced (the annotations above, ``tuple[X, ...]`` and ``Sequence``/``Mapping``
+  of them, ``Optional``, enums, nested attrs classes, ``Any``) before the class's
+  own validators run; a field with a converter is left to
   its converter. ``bool`` is never taken for a number; an integer is taken for a
   ``float`` (and made one), as JavaScript sends ``3.0`` as ``3``;
 - a pydantic v2 model (when pydantic is installed): validated as pydantic does
@@ -25,10 +26,12 @@ declared or registered, rather than when the first event arrives.
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 import types
 import typing
+from collections import abc
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -354,15 +357,21 @@ def _annotation_check(annotation: Any) -> _Check:
         return _union(
             tuple(_annotation_check(arg) for arg in args), None in args or type(None) in args
         )
-    if origin is list and len(args) == 1:
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return _enum(annotation)
+    if origin in (list, abc.Sequence) and len(args) == 1:
         return _list_of(_annotation_check(args[0]))
-    if origin is dict and len(args) == 2 and args[0] is str:
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _tuple_of(_list_of(_annotation_check(args[0])))
+    if origin is tuple and args and Ellipsis not in args:
+        return _fixed_tuple(tuple(_annotation_check(arg) for arg in args))
+    if origin in (dict, abc.Mapping) and len(args) == 2 and args[0] is str:
         return _dict_of(_annotation_check(args[1]))
     raise ConfigurationError(
         "payload",
         f"{_name(annotation)} is not a type a JSON payload can hold"
-        " (use str, int, float, bool, list[...], dict[str, ...], Optional, Literal,"
-        " an attrs class, or give the field a converter)",
+        " (use str, int, float, bool, list[...], tuple[..., ...], dict[str, ...],"
+        " Optional, Literal, an Enum, an attrs class, or give the field a converter)",
     )
 
 
@@ -428,6 +437,54 @@ def _list_of(item: _Check) -> _Check:
         return items
 
     return check
+
+
+def _tuple_of(items: _Check) -> _Check:
+    def check(value: object) -> object:
+        checked = items(value)
+        assert isinstance(checked, list)
+        return tuple(checked)
+
+    return check
+
+
+def _fixed_tuple(items: tuple[_Check, ...]) -> _Check:
+    expected = f"must be a list of {len(items)}"
+
+    def check(value: object) -> object:
+        if not isinstance(value, list | tuple) or len(value) != len(items):
+            raise _Refused(expected)
+        checked = []
+        for index, (item, element) in enumerate(zip(items, value, strict=True)):
+            try:
+                checked.append(item(element))
+            except _Refused as exc:
+                exc.parts.append(index)
+                raise
+        return tuple(checked)
+
+    return check
+
+
+def _enum(kind: type[enum.Enum]) -> _Check:
+    values = {member.value for member in kind}
+    expected = "must be one of " + ", ".join(
+        json.dumps(member.value) for member in kind if _json_scalar(member.value)
+    )
+
+    def check(value: object) -> object:
+        try:
+            if value in values and not isinstance(value, bool | list | dict):
+                return kind(value)
+        except TypeError:  # an unhashable value
+            pass
+        raise _Refused(expected)
+
+    return check
+
+
+def _json_scalar(value: object) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
 def _dict_of(item: _Check) -> _Check:

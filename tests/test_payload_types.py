@@ -4,6 +4,8 @@ payload specs: refusals are ``invalid_payload`` naming the field, never the valu
 from __future__ import annotations
 
 import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Optional
 
 import attrs
@@ -116,6 +118,72 @@ def test_ill_typed_field_is_named(payload: dict[str, Any], field: str, problem: 
 # Typing special forms are specs at run time; mypy types them as plain objects.
 ONE_OR_TWO: Any = Literal[1, 2]
 INT_OR_NONE: Any = int | None
+
+
+class Level(enum.Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+class Rank(enum.IntEnum):
+    ONE = 1
+    TWO = 2
+
+
+@attrs.frozen
+class Frozen:
+    tags: tuple[str, ...] = ()
+    point: tuple[int, float] = (0, 0.0)
+    names: Sequence[str] = ()
+    counts: Mapping[str, int] = attrs.field(factory=dict)
+    level: Level = Level.LOW
+    rank: Rank = Rank.ONE
+
+
+def test_tuples_sequences_mappings_and_enums() -> None:
+    value = parse_payload(
+        Frozen,
+        {
+            "tags": ["a", "b"],
+            "point": [1, 2],
+            "names": ["x"],
+            "counts": {"a": 1},
+            "level": "high",
+            "rank": 2,
+        },
+    )
+    assert value == Frozen(
+        tags=("a", "b"),
+        point=(1, 2.0),
+        names=["x"],
+        counts={"a": 1},
+        level=Level.HIGH,
+        rank=Rank.TWO,
+    )
+    assert isinstance(value.tags, tuple)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "problem"),
+    [
+        ({"tags": ["a", 1]}, "tags[1]", "must be a string"),
+        ({"tags": "ab"}, "tags", "must be a list"),
+        ({"point": [1]}, "point", "must be a list of 2"),
+        ({"point": [1, "2"]}, "point[1]", "must be a number"),
+        ({"names": [3]}, "names[0]", "must be a string"),
+        ({"counts": {"a": True}}, "counts.a", "must be an integer"),
+        ({"level": "LOW"}, "level", 'must be one of "low", "high"'),
+        ({"level": ["low"]}, "level", "must be one of"),
+        ({"rank": True}, "rank", "must be one of 1, 2"),
+        ({"rank": "1"}, "rank", "must be one of 1, 2"),
+    ],
+    ids=repr,
+)
+def test_tuple_and_enum_refusals(payload: dict[str, Any], field: str, problem: str) -> None:
+    with pytest.raises(InvalidPayload) as info:
+        parse_payload(Frozen, payload)
+    assert info.value.field == field
+    assert problem in str(info.value)
 
 
 def test_literal_does_not_take_true_for_one() -> None:

@@ -100,7 +100,9 @@ def _check_handler(name: str, handler: object) -> None:
     """A handler must be a coroutine function: a plain one would answer every event
     with ``internal`` (its result cannot be awaited)."""
     call = getattr(handler, "__call__", None)  # noqa: B004 (an async __call__ counts)
-    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
+    # A decorator made with functools.wraps around a coroutine function counts too.
+    unwrapped = inspect.unwrap(handler) if callable(handler) else handler
+    if not any(map(inspect.iscoroutinefunction, (handler, call, unwrapped))):
         raise TypeError(
             f"the handler of event {name!r} must be a coroutine function (async def),"
             f" got {handler!r}"

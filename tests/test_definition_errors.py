@@ -3,6 +3,7 @@ message that says what is wrong, instead of being accepted and failing later."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import attrs
@@ -63,6 +64,19 @@ def test_a_coroutine_callable_object_is_a_handler() -> None:
 
     namespace = GatewayNamespace("/notes")
     namespace.add_event("note:add", Handler())
+    assert "note:add" in namespace.event_names
+
+
+def test_a_wrapped_coroutine_function_is_a_handler() -> None:
+    async def add(conn: Connection, payload: Any) -> None:
+        return None
+
+    @functools.wraps(add)
+    def logged(conn: Connection, payload: Any) -> Any:
+        return add(conn, payload)
+
+    namespace = GatewayNamespace("/notes")
+    namespace.add_event("note:add", logged)
     assert "note:add" in namespace.event_names
 
 

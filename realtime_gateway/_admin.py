@@ -23,6 +23,7 @@ from aiohttp import web
 from ._exceptions import (
     AuthenticationFailed,
     AuthFailureReason,
+    ConfigurationError,
     GatewayError,
     GatewayNotRunning,
     InvalidPayload,
@@ -372,7 +373,8 @@ class AdminAPI:
     # -- adapters ------------------------------------------------------------------
 
     def attach(self, app: web.Application) -> None:
-        """Serve the API from the aiohttp application ``app`` under ``prefix``."""
+        """Serve the API from the aiohttp application ``app`` under ``prefix``; once
+        per app and prefix (again raises :class:`ConfigurationError`)."""
 
         async def serve(request: web.Request) -> web.StreamResponse:
             body = bytearray()
@@ -398,7 +400,15 @@ class AdminAPI:
                 headers={"Content-Type": answer.content_type, **answer.headers},
             )
 
-        app.router.add_route("*", self.prefix + "/{tail:.*}", serve)
+        route = self.prefix + "/{tail:.*}"
+        if any(
+            resource.canonical == self.prefix + "/{tail}" for resource in app.router.resources()
+        ):
+            # aiohttp itself would only say "Added route will never be executed".
+            raise ConfigurationError(
+                "prefix", f"an admin API is already attached to this app at {self.prefix}"
+            )
+        app.router.add_route("*", route, serve)
 
     def asgi_app(self) -> Callable[..., Awaitable[None]]:
         """An ASGI app serving the API; mount it at ``prefix`` (Starlette's

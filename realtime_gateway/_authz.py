@@ -120,6 +120,13 @@ def _compile(pattern: str) -> re.Pattern[str]:
         parts.append(f"(?P<{match.group(1)}>[^:]+)")
         position = match.end()
     parts.append(re.escape(pattern[position:]).replace(r"\*", ".*"))
+    stray = _PLACEHOLDER.sub("", pattern)
+    if "{" in stray or "}" in stray:
+        raise ConfigurationError(
+            "target",
+            f"invalid pattern {pattern!r}: a brace that is not part of a placeholder"
+            " such as {ward_id} (a name of letters, digits and _)",
+        )
     try:
         return re.compile("".join(parts), re.DOTALL)
     except re.error as exc:
@@ -203,6 +210,14 @@ class RuleAuthorizer:
         raise PermissionDenied(action, target, reason=reason)
 
     def __add__(self, other: RuleAuthorizer) -> RuleAuthorizer:
+        """The rules of both: allows what either allows. Only rule sets add up; to
+        combine with another authorizer use :class:`AnyOf` or :class:`AllOf`."""
+        if not isinstance(other, RuleAuthorizer):
+            raise TypeError(
+                f"a RuleAuthorizer adds only to another RuleAuthorizer, not to"
+                f" {type(other).__name__}: use AnyOf(rules, other) to allow what either"
+                f" allows, or AllOf(rules, other) to need both"
+            )
         return RuleAuthorizer((*self.rules, *other.rules))
 
 

@@ -39,7 +39,7 @@ import socketio
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from ._auth import SignedTokenAuthenticator
-from ._config import GatewayConfig
+from ._config import GatewayConfig, redis_address
 from ._connection import Connection
 from ._exceptions import ConfigurationError
 from ._fanout import RoomIndex
@@ -790,8 +790,9 @@ class Cluster:
         try:
             await asyncio.wait_for(self.registry.ping(), 5)
         except Exception as exc:
+            where = redis_address(self.config.redis_url or "")
             raise ConfigurationError(
-                "redis_url", f"Redis is unreachable ({type(exc).__name__})"
+                "redis_url", f"Redis at {where} is unreachable ({type(exc).__name__})"
             ) from None
         await self._beat()
         self._heartbeat_task = asyncio.create_task(self._heartbeat())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,7 +12,7 @@ import attrs
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["GatewayConfig"]
+__all__ = ["GatewayConfig", "redis_address"]
 
 TRANSPORTS = ("polling", "websocket")
 
@@ -25,6 +25,19 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
         or value <= 0
     ):
         raise ConfigurationError(attribute.name, f"must be a positive number, got {value!r}")
+
+
+def _at_least(minimum: float, why: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """A validator for a time that cannot work below ``minimum`` seconds."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        _positive(instance, attribute, value)
+        if value < minimum:
+            raise ConfigurationError(
+                attribute.name, f"must be at least {minimum:g} s ({why}), got {value!r}"
+            )
+
+    return check
 
 
 def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -107,6 +120,20 @@ def _optional_redis_url(instance: Any, attribute: attrs.Attribute[Any], value: A
         raise ConfigurationError(attribute.name, "must be a URL such as 'redis://127.0.0.1:6379/0'")
 
 
+def redis_address(url: str) -> str:
+    """Where ``url`` points, ``host:port`` or a socket path, without its credentials:
+    safe to log and to show."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path or "?"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 6379
+    host = parts.hostname or "localhost"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _valid_prefix(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
         raise ConfigurationError(attribute.name, "must be a non-empty name without spaces")
@@ -141,9 +168,14 @@ class GatewayConfig:
     authenticate with a token, but a handshake carrying cookies must still come from
     the gateway's own origin or one listed explicitly (cross-site WebSocket hijacking).
 
-    Times are in seconds. ``max_payload_size`` bounds one transport message (bytes);
-    ``max_event_size`` bounds one event's decoded payload (bytes of JSON), above
-    which the event is refused with ``invalid_payload`` and the connection kept.
+    Times are in seconds; those that cannot work below a floor refuse it:
+    ``ping_interval`` and ``ping_timeout`` at least 1 (engine.io announces the
+    interval in whole seconds, python-engineio's own rounding), ``cluster_ttl`` and
+    ``revocation_ttl`` at least 1, ``cluster_canary_interval``, ``reconnect_window``
+    and ``log_repeat_interval`` at least 0.1. ``max_payload_size`` bounds one
+    transport message (bytes); ``max_event_size`` bounds one event's decoded
+    payload (bytes of JSON), above which the event is refused with
+    ``invalid_payload`` and the connection kept.
     ``max_nesting_depth`` bounds how deep arrays and objects may nest in anything
     the gateway decodes (socket.io packets and admin API bodies; an event's data
     counts one level for its argument list). ``max_attachments`` bounds the binary
@@ -224,8 +256,13 @@ class GatewayConfig:
     allowed_origins: tuple[str, ...] | None = attrs.field(
         default=None, converter=_origins, validator=_valid_origins
     )
-    ping_interval: float = attrs.field(default=25.0, validator=_positive)
-    ping_timeout: float = attrs.field(default=20.0, validator=_positive)
+    ping_interval: float = attrs.field(
+        default=25.0,
+        validator=_at_least(1.0, "engine.io tells clients the interval in whole seconds"),
+    )
+    ping_timeout: float = attrs.field(
+        default=20.0, validator=_at_least(1.0, "a pong must have time to cross the network")
+    )
     connect_timeout: float = attrs.field(default=45.0, validator=_positive)
     path: str = attrs.field(default="/socket.io", validator=_valid_path)
     transports: tuple[str, ...] = attrs.field(
@@ -252,24 +289,35 @@ class GatewayConfig:
     max_rooms_per_socket: int = attrs.field(default=128, validator=_positive_int)
     max_sockets_per_user: int = attrs.field(default=50, validator=_positive_int)
     max_message_length: int = attrs.field(default=4000, validator=_positive_int)
-    reconnect_window: float = attrs.field(default=60.0, validator=_positive)
+    reconnect_window: float = attrs.field(
+        default=60.0, validator=_at_least(0.1, "a reconnecting client needs some time")
+    )
     shutdown_grace: float = attrs.field(default=10.0, validator=_non_negative)
     refresh_ahead: float = attrs.field(default=60.0, validator=_non_negative)
     expiry_grace: float = attrs.field(default=0.0, validator=_non_negative)
     idle_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
-    revocation_ttl: float = attrs.field(default=86_400.0, validator=_positive)
+    revocation_ttl: float = attrs.field(
+        default=86_400.0, validator=_at_least(1.0, "a revocation must outlive a reconnect")
+    )
     recovery_window: float | None = attrs.field(default=None, validator=_optional_positive)
     recovery_max_packets: int = attrs.field(default=1000, validator=_positive_int)
     recovery_log_events: int = attrs.field(default=100_000, validator=_positive_int)
     recovery_log_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive_int)
     log_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
     log_repeat_limit: int | None = attrs.field(default=20, validator=_optional_positive_int)
-    log_repeat_interval: float = attrs.field(default=10.0, validator=_positive)
+    log_repeat_interval: float = attrs.field(
+        default=10.0, validator=_at_least(0.1, "a summary record per interval")
+    )
     redis_url: str | None = attrs.field(default=None, repr=False, validator=_optional_redis_url)
     redis_prefix: str = attrs.field(default="rtg", validator=_valid_prefix)
-    cluster_ttl: float = attrs.field(default=15.0, validator=_positive)
+    cluster_ttl: float = attrs.field(
+        default=15.0,
+        validator=_at_least(1.0, "Redis expires the entries in whole seconds"),
+    )
     cluster_key: str | None = attrs.field(default=None, repr=False, validator=_optional_key)
-    cluster_canary_interval: float = attrs.field(default=2.0, validator=_positive)
+    cluster_canary_interval: float = attrs.field(
+        default=2.0, validator=_at_least(0.1, "a canary is a Redis round trip")
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.max_event_size > self.max_payload_size:

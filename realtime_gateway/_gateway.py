@@ -17,7 +17,7 @@ from ._audit import AuditRecord, AuditSink, deliver
 from ._auth import Authenticator
 from ._authz import NO_RULE, REQUIREMENT_NOT_MET, Authorizer
 from ._cluster import Cluster
-from ._config import GatewayConfig
+from ._config import GatewayConfig, redis_address
 from ._connection import Connection
 from ._denials import log_denial
 from ._exceptions import (
@@ -181,6 +181,26 @@ class Gateway:
         if self._cluster is not None:
             await self._cluster.start(self._server)
         self._started = True
+        self._log_started()
+
+    def _log_started(self) -> None:
+        """One INFO record saying the gateway is up and how it is set up."""
+        config = self.config
+        # recovery_window: read this way so that the line works whether or not the
+        # setting exists in this version.
+        recovery = getattr(config, "recovery_window", None)
+        log(
+            logging.INFO,
+            "gateway_started",
+            path=config.path,
+            namespaces=",".join(sorted(self._namespaces)) or "none",
+            authenticator=type(self.authenticator).__qualname__,
+            authorizer=type(self.authorizer).__qualname__,
+            cluster=self._cluster is not None,
+            redis=None if config.redis_url is None else redis_address(config.redis_url),
+            process=self.process,
+            recovery="on" if recovery else "off",
+        )
 
     async def cluster_stats(self) -> dict[str, Any] | None:
         """``{"processes": {name: figures}, "total": figures}`` over every live
@@ -210,7 +230,8 @@ class Gateway:
 
     def attach(self, app: web.Application) -> None:
         """Serve socket.io from the aiohttp application ``app`` at ``config.path``;
-        the app's shutdown runs :meth:`shutdown` while connections are still open."""
+        the app's shutdown runs :meth:`shutdown` while connections are still open. A
+        gateway is mounted once (:meth:`attach` or :meth:`asgi_app`)."""
         mount_aiohttp(self, app)
 
     async def run_aiohttp(
@@ -251,7 +272,11 @@ class Gateway:
     def _build_server(self, async_mode: str) -> Any:
         """The server for ``async_mode``, built once (by the mounting functions)."""
         if self._server is not None:
-            raise ConfigurationError("async_mode", "the gateway is already mounted")
+            raise ConfigurationError(
+                "gateway",
+                "this gateway is already mounted (attach() or asgi_app() was called"
+                " before); mount a gateway once, and build one Gateway per app",
+            )
         manager = None if self._cluster is None else self._cluster.manager
         self._server = build_server(self, async_mode, origins=self._origins, client_manager=manager)
         if self._recovery is not None:

@@ -30,11 +30,13 @@ import hmac
 import logging
 import secrets
 import time
+import traceback
 from typing import Any
 
 __all__ = [
     "escape",
     "log",
+    "log_stack",
     "pseudonym",
     "redact_room",
     "set_log_key",
@@ -202,3 +204,45 @@ def log(level: int, what: str, /, **fields: Any) -> None:
             value = escape(str(value))
         context[key] = value
     _write(level, what, context)
+
+
+# Chained exceptions (``raise ... from``, an error while handling another) written
+# at most: a cycle of contexts must not loop.
+_MAX_CHAIN = 8
+
+
+def log_stack(what: str, exc: BaseException, /, **fields: Any) -> None:
+    """At DEBUG only, log ``what`` with the stack of ``exc`` (and of the exceptions
+    it was raised from or during): files, lines, functions and source lines, and
+    each exception's type. Neither the exceptions' messages nor the frames' local
+    variables are written: either may hold a payload. The stack lines come from
+    the application's own code, so they are written on lines of their own."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < _MAX_CHAIN:
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    blocks = []
+    for one in reversed(chain):
+        frames = traceback.StackSummary.extract(
+            traceback.walk_tb(one.__traceback__), capture_locals=False
+        )
+        blocks.append("".join(frames.format()) + type(one).__qualname__)
+    stack = "\nwhich led to\n".join(blocks)
+    context: dict[str, str] = {}
+    for key, value in fields.items():
+        if value is not None:
+            redact = _REDACT.get(key)
+            context[key] = escape(redact(str(value)) if redact else str(value))
+    text = " ".join(f"{key}={_quoted(value)}" for key, value in context.items())
+    logger.debug(
+        "%s %s\n%s",
+        what,
+        text,
+        stack,
+        extra={"rtg": {"what": what, **context, "stack": stack}},
+    )

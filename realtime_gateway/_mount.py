@@ -17,8 +17,8 @@ import socketio
 from aiohttp import web
 
 from ._accesslog import RedactingAccessLogger, request_error_logger
-from ._exceptions import ConfigurationError
-from ._log import log
+from ._exceptions import GatewayError
+from ._log import log, log_stack
 
 if TYPE_CHECKING:
     from ._gateway import Gateway
@@ -106,8 +106,11 @@ def asgi_app(gateway: Gateway, other_asgi_app: ASGIApp | None) -> ASGIApp:
 
 
 class ShutdownOnLifespan:
-    """python-socketio's ASGI app, with the gateway's graceful shutdown run when the
-    ASGI server announces lifespan shutdown, before the host app's own shutdown."""
+    """python-socketio's ASGI app, with the gateway started on lifespan startup
+    before the host app (a gateway that cannot start answers
+    ``lifespan.startup.failed`` and the host app is not started), and its graceful
+    shutdown run on lifespan shutdown before the host app's own, or as soon as the
+    host app's startup fails."""
 
     def __init__(self, app: ASGIApp, host_app: ASGIApp | None, gateway: Gateway) -> None:
         self.app = app
@@ -118,26 +121,54 @@ class ShutdownOnLifespan:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-
-        async def receive_then_shut_down() -> Any:
-            message = await receive()
-            if message.get("type") == "lifespan.startup":
-                await self.gateway.start()
-            elif message.get("type") == "lifespan.shutdown":
-                await self.gateway.shutdown()
-            return message
-
+        message = await receive()
+        if message.get("type") == "lifespan.startup":
+            failure = await self._start()
+            if failure is not None:
+                # Said in a message rather than raised: an exception here would make
+                # uvicorn's lifespan "auto" take the app for one without lifespan
+                # support and serve anyway. The host app is never started.
+                await send({"type": "lifespan.startup.failed", "message": failure})
+                return
         if self.host_app is not None:
-            await self.host_app(scope, receive_then_shut_down, send)
+            first: Any = message
+
+            async def receive_then_shut_down() -> Any:
+                nonlocal first
+                if first is not None:
+                    replay, first = first, None
+                    return replay
+                message = await receive()
+                if message.get("type") == "lifespan.shutdown":
+                    await self.gateway.shutdown()
+                return message
+
+            async def send_after_shutdown(message: Any) -> None:
+                if message.get("type") == "lifespan.startup.failed":
+                    # The host app did not start: nothing will be served, so the
+                    # gateway (its Redis connections, its timers) stops first.
+                    await self.gateway.shutdown()
+                await send(message)
+
+            await self.host_app(scope, receive_then_shut_down, send_after_shutdown)
             return
         while True:
-            try:
-                message = await receive_then_shut_down()
-            except ConfigurationError as exc:
-                await send({"type": "lifespan.startup.failed", "message": exc.message})
-                return
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.gateway.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+            message = await receive()
+
+    async def _start(self) -> str | None:
+        """Start the gateway; what went wrong, in words safe to log, if it failed."""
+        try:
+            await self.gateway.start()
+        except GatewayError as exc:
+            return exc.message
+        except Exception as exc:
+            log(logging.ERROR, "gateway_start_failed", error=type(exc).__name__)
+            log_stack("gateway_start_failed_traceback", exc)
+            return f"the gateway failed to start ({type(exc).__name__})"
+        return None

@@ -13,6 +13,7 @@ role when it connects, so the gateway can reach a user or a role in any namespac
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,8 +35,8 @@ from ._exceptions import (
     RateLimited,
 )
 from ._identity import Identity
-from ._log import log
-from ._payload import PayloadSpec, encoded_size, parse_payload
+from ._log import log, log_stack
+from ._payload import PayloadSpec, check_spec, encoded_size, parse_payload
 
 if TYPE_CHECKING:
     from ._gateway import Gateway
@@ -78,17 +79,34 @@ def event(
     """Declare the decorated coroutine method as the handler of event ``name``.
 
     ``payload`` is what the event accepts (see :func:`parse_payload`'s specs: a JSON
-    type, an attrs class, or a parsing callable); ``max_size`` overrides the
-    gateway's ``max_event_size`` for this event. Names may contain ``:``.
+    type or an annotation of them, an attrs class, a pydantic model, or a parsing
+    callable); ``max_size`` overrides the gateway's ``max_event_size`` for this
+    event. Names may contain ``:``. A handler that is not a coroutine function, or
+    a spec that is a string (``payload="str"``), raises ``TypeError`` here.
     """
     if not isinstance(name, str) or not name or name in _RESERVED:
         raise ValueError(f"invalid event name {name!r}")
+    check_spec(payload, resolve=False)
 
     def decorate(handler: H) -> H:
+        _check_handler(name, handler)
         setattr(handler, _EVENT_SPEC, _EventSpec(name, payload, max_size))
         return handler
 
     return decorate
+
+
+def _check_handler(name: str, handler: object) -> None:
+    """A handler must be a coroutine function: a plain one would answer every event
+    with ``internal`` (its result cannot be awaited)."""
+    call = getattr(handler, "__call__", None)  # noqa: B004 (an async __call__ counts)
+    # A decorator made with functools.wraps around a coroutine function counts too.
+    unwrapped = inspect.unwrap(handler) if callable(handler) else handler
+    if not any(map(inspect.iscoroutinefunction, (handler, call, unwrapped))):
+        raise TypeError(
+            f"the handler of event {name!r} must be a coroutine function (async def),"
+            f" got {handler!r}"
+        )
 
 
 def user_room(user_id: str) -> str:
@@ -171,6 +189,10 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._handlers: dict[str, tuple[Handler, _EventSpec]] = {
             name: (getattr(self, attr), spec) for name, (attr, spec) in self._events.items()
         }
+        for _, spec in self._handlers.values():
+            # Annotations are resolved here rather than by @event, when the classes
+            # a payload class names may not all be defined yet.
+            check_spec(spec.payload)
         self._handlers["auth:refresh"] = (
             self._refresh_session,
             _EventSpec("auth:refresh", _refresh_token, None),
@@ -202,11 +224,15 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         max_size: int | None = None,
     ) -> None:
         """Handle event ``name`` with the coroutine ``handler(conn, value)`` on this
-        instance only, like a method decorated with :func:`event`."""
+        instance only, like a method decorated with :func:`event` (and refused the
+        same way: ``TypeError`` for a plain function or a string spec,
+        :class:`ConfigurationError` for annotations a payload cannot satisfy)."""
         if not isinstance(name, str) or not name or name in _RESERVED:
             raise ValueError(f"invalid event name {name!r}")
         if name in self._handlers:
             raise ValueError(f"event {name!r} already has a handler")
+        _check_handler(name, handler)
+        check_spec(payload)
         self._handlers[name] = (handler, _EventSpec(name, payload, max_size))
 
     @property
@@ -334,7 +360,8 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             self._failed("presence_hook_failed", conn.sid, exc)
 
     def _failed(self, what: str, sid: str, exc: Exception, **fields: Any) -> None:
-        """Log that a hook or handler failed: which, where and the error's type only."""
+        """Log that a hook or handler failed: which, where and the error's type only;
+        at DEBUG also where in the code (``<what>_traceback``, no values)."""
         log(
             logging.ERROR,
             what,
@@ -343,6 +370,7 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             **fields,
             error=type(exc).__name__,
         )
+        log_stack(f"{what}_traceback", exc, sid=sid, namespace=self.namespace, **fields)
 
     def _system_room(self, conn: Connection, room: str) -> bool:
         return room == user_room(conn.identity.user_id) or room.startswith("role:")

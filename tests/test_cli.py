@@ -6,9 +6,11 @@ import datetime as dt
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import realtime_gateway
 from realtime_gateway import AuthenticationFailed, SignedTokenAuthenticator
 from realtime_gateway.__main__ import main
 
@@ -177,3 +179,53 @@ def test_runs_as_a_module() -> None:
     assert identity.user_id == "u1"
     assert identity.roles == {"nurse"}
     assert identity.permissions == {"view:patient"}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# The console script pip installs next to the interpreter (`make test` installs it).
+COMMAND = Path(sys.executable).with_name("realtime-gateway")
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    # This checkout's package, whichever one the command was installed from.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(  # noqa: S603 (the commands under test)
+        argv, capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+def test_the_installed_command_names_itself() -> None:
+    result = run(str(COMMAND), "token", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: realtime-gateway token ")
+    assert "python -m" not in result.stdout
+    result = run(str(COMMAND), "token")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: realtime-gateway token ")
+
+
+def test_the_module_names_itself() -> None:
+    result = run(sys.executable, "-m", "realtime_gateway", "--help")
+    assert result.stdout.startswith("usage: python -m realtime_gateway ")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"realtime-gateway {realtime_gateway.__version__}\n"
+    result = run(str(COMMAND), "--version")
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        f"realtime-gateway {realtime_gateway.__version__}",
+    )
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["token", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "lifetime in seconds (default: 3600)" in text
+    assert f"(default: {DEFAULT_SALT})" in text
+    assert "(default: the RTG_SECRET_KEY environment variable)" in text
+    assert "(default: random)" in text

@@ -63,7 +63,7 @@ def test_valid_non_defaults() -> None:
     # Passed through a dict: the attrs plugin cannot type ``transports`` (converter=tuple).
     kwargs: dict[str, Any] = {"transports": ["websocket"]}
     config = GatewayConfig(
-        ping_interval=0.5,
+        ping_interval=1.5,
         path="/rt",
         max_payload_size=1000,
         max_event_size=1000,

@@ -155,7 +155,7 @@ def test_wrong_type_is_named(payload: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidPayload) as info:
         parse_payload(SendMessage, payload)
     assert info.value.field == field
-    assert str(info.value) == f"Invalid field '{field}'"
+    assert str(info.value).startswith(f"Invalid field '{field}'")
 
 
 def test_wrong_value_is_named() -> None:

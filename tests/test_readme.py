@@ -15,11 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
+import socketio
 from aiohttp import web
 
-from realtime_gateway import AllowAll, Gateway, Identity, SignedTokenAuthenticator
+from realtime_gateway import (
+    AllowAll,
+    Gateway,
+    GatewayConfig,
+    Identity,
+    SignedTokenAuthenticator,
+    default_namespaces,
+    reference_rules,
+)
 
-from .conftest import Clients, call
+from .conftest import Clients, call, serve, until
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -65,6 +75,8 @@ COVERED = {
     ("python", "Admin HTTP API"): "test_admin_mounting_snippet",
     ("sh", "Admin HTTP API"): "test_shell_lines_against_the_quick_start",
     ("python", "Logging"): "test_logging_snippet",
+    ("js", "Missed-message recovery"): "test_recovery_snippets",
+    ("python", "Missed-message recovery"): "test_recovery_snippets",
 }
 
 
@@ -237,3 +249,77 @@ def page_token_block() -> str:
     code = only(PYPI, "sh", "Quick start")
     assert re.search(r"^realtime-gateway token ", code, re.M)
     return code
+
+
+@contextlib.asynccontextmanager
+async def recovering_gateway() -> AsyncIterator[tuple[Gateway, str, str]]:
+    """A gateway with recovery on and the built-in namespaces; its URL and a token."""
+    authenticator = SignedTokenAuthenticator(
+        ["readme-recovery-key-0123456789abcdef"], salt="readme", max_age=600
+    )
+    gateway = Gateway(
+        authenticator=authenticator,
+        authorizer=reference_rules(),
+        config=GatewayConfig(recovery_window=120),
+        namespaces=default_namespaces(),
+    )
+    token = authenticator.issue(
+        Identity(user_id="u-doc", roles={"doctor"}, permissions={"view:patient"})
+    )
+    async with serve(gateway, "aiohttp") as running:
+        yield gateway, running.url, token
+
+
+async def test_recovery_snippets(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    async with recovering_gateway() as (gateway, url, token):
+        # The browser block, in Node with the official client: io() is given the page's
+        # origin, and a cookie jar as a browser has (polling sessions are bound by cookie).
+        prelude = (
+            'const { io: connect } = require("socket.io-client");\n'
+            f"const io = (path, options) => connect({json.dumps(url)} + path, "
+            "{ ...options, withCredentials: true });\n"
+            f"const token = {json.dumps(token)};\n"
+        )
+        script = tmp_path / "recovery.cjs"
+        script.write_text(prelude + only(README, "js", "Missed-message recovery"))
+        node = await asyncio.create_subprocess_exec(
+            "node",
+            str(script),
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "NODE_PATH": str(ROOT / "node_modules")},
+        )
+        try:
+            assert node.stdout is not None
+            async with asyncio.timeout(10):
+                assert await node.stdout.readline() == b"fresh connection: subscribing\n"
+                await until(lambda: _subscribed(gateway))
+                await gateway.publish_update("patient", "p-1001", "vitals", namespace="/updates")
+                assert await node.stdout.readline() == b"update p-1001\n"
+        finally:
+            node.kill()
+            await node.wait()
+
+        # The Python handler takes the offset as its optional last parameter.
+        client = socketio.AsyncClient(reconnection=False)
+        exec(only(README, "python", "Missed-message recovery"), {"client": client})  # noqa: S102
+        await client.connect(
+            url, namespaces=["/updates"], transports=["websocket"], auth={"token": token}
+        )
+        try:
+            await client.call("subscribe:patient", "p-1001", namespace="/updates", timeout=5)
+            printed: list[str] = []
+
+            def said_something() -> bool:
+                printed.append(capsys.readouterr().out)
+                return bool(printed[-1])
+
+            await gateway.publish_update("patient", "p-1001", "vitals", namespace="/updates")
+            await until(said_something)
+            assert re.fullmatch(r"update p-1001 at offset \d+\n", "".join(printed))
+        finally:
+            await client.disconnect()
+
+
+def _subscribed(gateway: Gateway) -> bool:
+    """Whether a socket of /updates is in patient p-1001's room."""
+    return any("patient:p-1001" in conn.rooms for conn in gateway.connections.values())

@@ -61,6 +61,7 @@ __all__ = [
     "Refusal",
     "ServerKind",
     "TestClient",
+    "connect",
     "cookie_session",
     "serve",
 ]
@@ -234,6 +235,45 @@ class TestClient:
         await self.disconnect()
 
 
+async def connect(
+    url: str,
+    *,
+    namespaces: Iterable[str] = ("/",),
+    transport: str = "websocket",
+    auth: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    socketio_path: str = "/socket.io",
+    within: float = DEFAULT_TIMEOUT,
+) -> TestClient:
+    """A :class:`TestClient` connected to the gateway at ``url`` (one you started
+    yourself, in another process say), with the kit's precautions; disconnect it
+    yourself (``async with await connect(...) as client:``). A refusal raises
+    python-socketio's ``ConnectionError``."""
+    client = TestClient(_sio(), transport=transport, within=within)
+    try:
+        await asyncio.wait_for(
+            client.sio.connect(
+                url,
+                namespaces=list(namespaces),
+                transports=[transport],
+                auth=None if auth is None else dict(auth),
+                headers=dict(headers or {}),
+                socketio_path=socketio_path.strip("/"),
+                wait_timeout=within,
+            ),
+            within * 2,
+        )
+    except BaseException:
+        await client.disconnect()
+        raise
+    return client
+
+
+def _sio() -> Any:
+    # No reconnection: a test decides when a client comes back.
+    return socketio.AsyncClient(reconnection=False, http_session=cookie_session)
+
+
 def _one(args: Sequence[Any]) -> Any:
     if not args:
         return None
@@ -323,27 +363,16 @@ class GatewayTestServer:
         an :class:`~realtime_gateway.Identity`), whose token goes in the ``auth``
         payload; with no identity, only ``auth`` and ``headers`` are sent. A refusal
         raises python-socketio's ``ConnectionError`` (see :meth:`refusal`)."""
-        payload = await self._auth(identity, roles, permissions, auth)
-        client = TestClient(
-            self._sio(), transport=transport, within=self.within if within is None else within
+        client = await connect(
+            self.url,
+            namespaces=namespaces,
+            transport=transport,
+            auth=await self._auth(identity, roles, permissions, auth),
+            headers=headers,
+            socketio_path=self.gateway.config.path,
+            within=self.within if within is None else within,
         )
         self._clients.append(client)
-        try:
-            await asyncio.wait_for(
-                client.sio.connect(
-                    self.url,
-                    namespaces=list(namespaces),
-                    transports=[transport],
-                    auth=payload,
-                    headers=dict(headers or {}),
-                    socketio_path=self.gateway.config.path.strip("/"),
-                    wait_timeout=client.within,
-                ),
-                client.within * 2,
-            )
-        except BaseException:
-            await client.disconnect()
-            raise
         return client
 
     async def refusal(
@@ -361,7 +390,7 @@ class GatewayTestServer:
         ``AssertionError`` if the connect succeeds."""
         payload = await self._auth(identity, roles, permissions, auth)
         told: list[Any] = []
-        sio = self._sio()
+        sio = _sio()
 
         async def on_error(data: Any = None) -> None:
             told.append(data)
@@ -403,9 +432,6 @@ class GatewayTestServer:
         if isinstance(identity, str):
             identity = Identity(user_id=identity, roles=roles, permissions=permissions)
         return {"token": await self.token(identity), **(auth or {})}
-
-    def _sio(self) -> Any:
-        return socketio.AsyncClient(reconnection=False, http_session=cookie_session)
 
     async def close_clients(self) -> None:
         """Disconnect every client this server opened (each within its ``within``)."""

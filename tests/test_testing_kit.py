@@ -22,6 +22,7 @@ from realtime_gateway import (
     reference_rules,
     testing,
 )
+from realtime_gateway.testing import ServerKind
 
 from .conftest import SALT, SECRET, socketio_client
 
@@ -40,8 +41,10 @@ def default_gateway() -> Gateway:
     )
 
 
-async def test_minted_clients_connect_receive_and_call(server_kind: str, transport: str) -> None:
-    async with testing.serve(default_gateway(), kind=server_kind) as server:  # type: ignore[arg-type]
+async def test_minted_clients_connect_receive_and_call(
+    server_kind: ServerKind, transport: str
+) -> None:
+    async with testing.serve(default_gateway(), kind=server_kind) as server:
         nurse = await server.connect(
             "n1", roles=["nurse"], namespaces=["/", "/notifications"], transport=transport
         )
@@ -62,8 +65,10 @@ async def test_minted_clients_connect_receive_and_call(server_kind: str, transpo
         assert not nurse.connected
 
 
-async def test_refusals_are_prompt_and_tell_the_reason(server_kind: str, transport: str) -> None:
-    async with testing.serve(default_gateway(), kind=server_kind) as server:  # type: ignore[arg-type]
+async def test_refusals_are_prompt_and_tell_the_reason(
+    server_kind: ServerKind, transport: str
+) -> None:
+    async with testing.serve(default_gateway(), kind=server_kind) as server:
         started = time.monotonic()
         refusal = await server.refusal(transport=transport)
         assert time.monotonic() - started < PROMPT
@@ -76,12 +81,12 @@ async def test_refusals_are_prompt_and_tell_the_reason(server_kind: str, transpo
 
 
 async def test_plain_polling_clients_leave_promptly_under_default_settings(
-    server_kind: str,
+    server_kind: ServerKind,
 ) -> None:
     """The gateway answers a polling client's waiting long-poll when it closes, as
     engine.io does: python-socketio's client, which waits for that long-poll, leaves
     at once instead of after ping_interval + 5 s."""
-    async with testing.serve(default_gateway(), kind=server_kind) as server:  # type: ignore[arg-type]
+    async with testing.serve(default_gateway(), kind=server_kind) as server:
         token = await server.token("n1", roles=["nurse"])
         client = socketio_client()
         await client.connect(
@@ -115,7 +120,7 @@ async def test_waiting_for_what_never_comes_fails_fast_and_names_it() -> None:
             await client.disconnected(namespace="/chat")
 
 
-async def test_serves_an_app_with_the_gateway_already_mounted(server_kind: str) -> None:
+async def test_serves_an_app_with_the_gateway_already_mounted(server_kind: ServerKind) -> None:
     gateway = default_gateway()
     admin = AdminAPI(gateway)
     app: Any

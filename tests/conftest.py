@@ -19,7 +19,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from realtime_gateway import AdminAPI, Gateway, GatewayConfig, Identity, SignedTokenAuthenticator
-from realtime_gateway.testing import ServerKind, cookie_session
+from realtime_gateway.testing import ServerKind
+from realtime_gateway.testing import cookie_session as cookie_session
 
 SECRET = "test-secret-key-0123456789abcdef"
 SALT = "tests.session"

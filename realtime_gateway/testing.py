@@ -249,12 +249,13 @@ async def connect(
     yourself, in another process say), with the kit's precautions; disconnect it
     yourself (``async with await connect(...) as client:``). A refusal raises
     python-socketio's ``ConnectionError``."""
+    names = list(namespaces)
     client = TestClient(_sio(), transport=transport, within=within)
     try:
         await asyncio.wait_for(
             client.sio.connect(
                 url,
-                namespaces=list(namespaces),
+                namespaces=names,
                 transports=[transport],
                 auth=None if auth is None else dict(auth),
                 headers=dict(headers or {}),
@@ -263,6 +264,9 @@ async def connect(
             ),
             within * 2,
         )
+    except TimeoutError:
+        await client.disconnect()
+        raise EventTimeout(f"the connect to {', '.join(names)} was not answered") from None
     except BaseException:
         await client.disconnect()
         raise

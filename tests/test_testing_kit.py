@@ -171,3 +171,20 @@ async def test_identities_are_minted_by_the_application_when_it_says_how() -> No
     async with testing.serve(unsigned) as server:
         with pytest.raises(Exception, match="issues no tokens"):
             await server.connect("n7")
+
+
+async def test_a_server_that_never_answers_fails_the_connect_in_bounded_time() -> None:
+    async def accept_and_say_nothing(reader: asyncio.StreamReader, writer: Any) -> None:
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    mute = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = mute.sockets[0].getsockname()[1]
+    try:
+        started = time.monotonic()
+        with pytest.raises(testing.EventTimeout, match="not answered"):
+            await testing.connect(f"http://127.0.0.1:{port}", transport="polling", within=0.3)
+        assert time.monotonic() - started < 2.0
+    finally:
+        mute.close()
+        await mute.wait_closed()

@@ -13,7 +13,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e ".[asgi,prometheus,redis,pydantic]" --group dev
+	$(PY) -m pip install --quiet -e ".[asgi,prometheus,redis,pydantic,fastapi,testing]" --group dev
 	touch $(STAMP)
 
 $(JS_CLIENT): package.json package-lock.json

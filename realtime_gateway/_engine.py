@@ -88,6 +88,8 @@ __all__ = [
 ]
 
 COOKIE_PREFIX = "rtg_eio_"
+_POSTED_TO = "realtime_gateway.socket"  # the environ key of a polling POST's session
+_CLOSED_POLL_DELAY = 0.1  # seconds from a polling client's CLOSE to ending its long-poll
 _WS_PROTOCOL_ERROR = 1002
 _WS_MESSAGE_TOO_BIG = 1009
 # Frames a client may send once its session is open; it never sends OPEN or, in
@@ -213,6 +215,8 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
     """The most :attr:`pending_output` has been when a packet was queued."""
     evicted = False
     """Whether the connection was closed for going over ``max_pending_output``."""
+    closed_by_client = False
+    """Whether a polling client sent CLOSE (its waiting long-poll is then ended)."""
     _driver: _Driver | None = None
     _writer: asyncio.Task[None] | None = None
     _stop: asyncio.Future[None] | None = None
@@ -308,6 +312,8 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         if pkt.packet_type == eio_packet.NOOP:
             return
         await super().receive(pkt)
+        if pkt.packet_type == eio_packet.CLOSE and not self.upgraded:
+            self.closed_by_client = True
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         self.server.session_joined(self.sid)  # no longer pending, whatever happens next
@@ -684,7 +690,19 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             return await self._make_response(self._ok(refusal), environ)
         if refusal is not None:
             return await self._refuse(refusal, environ)
-        return await super().handle_request(_Translated(environ))
+        answer = await super().handle_request(_Translated(environ))
+        socket = environ.get(_POSTED_TO)
+        if socket is not None and socket.closed_by_client:
+            # Upstream: python-engineio leaves a waiting long-poll hanging for
+            # ping_interval + ping_timeout after the client's CLOSE, and
+            # python-engineio's client waits for it in disconnect(); a NOOP ends it.
+            # A moment later: that client closes its HTTP session as soon as the
+            # long-poll ends, dropping this POST's answer if its body (a separate
+            # write under uvicorn) has not arrived yet.
+            asyncio.get_running_loop().call_later(
+                _CLOSED_POLL_DELAY, socket.queue.put_nowait, eio_packet.Packet(eio_packet.NOOP)
+            )
+        return answer
 
     async def _screen(self, environ: dict[str, Any]) -> _Refusal | list[Any] | None:
         """A refusal, the last packets of a closed polling session, or ``None`` to
@@ -710,6 +728,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             return _Refusal("403 FORBIDDEN", "Forbidden", close_connection=post)
         if not post:
             return None
+        environ[_POSTED_TO] = socket
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             return _Refusal("411 LENGTH REQUIRED", "Length Required", close_connection=True)
         declared = environ.get("CONTENT_LENGTH")

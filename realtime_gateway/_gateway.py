@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import socketio
 from aiohttp import web
@@ -48,6 +48,9 @@ from ._revocation import MemoryRevocationStore, RedisRevocationStore, Revocation
 from ._server import OriginPolicy, build_server
 from ._sessions import SessionTimers
 from ._shutdown import Lifecycle, drain
+
+if TYPE_CHECKING:
+    from ._dependency import IdentityDependency
 
 __all__ = ["Gateway"]
 
@@ -316,6 +319,22 @@ class Gateway:
         except AuthenticationFailed as exc:
             self._refused(handshake, exc)
             raise
+
+    def identity_dependency(self) -> IdentityDependency:
+        """A FastAPI dependency giving a route its caller's :class:`Identity`,
+        authenticated as a socket's handshake is: the same authenticator over a
+        :class:`Handshake` built from the request (``Authorization: Bearer``, the
+        cookies; no ``auth`` payload), revocations and the cookie origin check
+        included. Any refusal is HTTP 401 ``Not authenticated`` with
+        ``WWW-Authenticate: Bearer``; why is counted and logged, never told.
+
+        ``Annotated[Identity, Depends(gateway.identity_dependency())]`` in FastAPI;
+        in Starlette, ``await dependency(request)`` in an endpoint (the 401 is a
+        Starlette ``HTTPException``). Needs Starlette (FastAPI brings it).
+        """
+        from ._dependency import identity_dependency
+
+        return identity_dependency(self)
 
     async def _is_revoked(self, identity: Identity) -> bool:
         if self._revoked_here.revoked_now(identity):

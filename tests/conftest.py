@@ -8,7 +8,6 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-import aiohttp
 import attrs
 import pytest
 import socketio
@@ -20,6 +19,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from realtime_gateway import AdminAPI, Gateway, GatewayConfig, Identity, SignedTokenAuthenticator
+from realtime_gateway.testing import ServerKind
+from realtime_gateway.testing import cookie_session as cookie_session
 
 SECRET = "test-secret-key-0123456789abcdef"
 SALT = "tests.session"
@@ -136,8 +137,8 @@ async def serve(
 
 
 @pytest.fixture(params=SERVER_KINDS)
-def server_kind(request: pytest.FixtureRequest) -> str:
-    kind: str = request.param
+def server_kind(request: pytest.FixtureRequest) -> ServerKind:
+    kind: ServerKind = request.param
     return kind
 
 
@@ -145,13 +146,6 @@ def server_kind(request: pytest.FixtureRequest) -> str:
 def transport(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
-
-
-def cookie_session() -> aiohttp.ClientSession:
-    """An aiohttp session that keeps cookies set by 127.0.0.1. aiohttp's default
-    cookie jar (and so python-engineio's client) drops cookies from IP-address hosts,
-    which would lose the gateway's polling session binding cookie."""
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
 def socketio_client(**options: Any) -> socketio.AsyncClient:

@@ -25,7 +25,7 @@ from .conftest import Clients
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "example-test-key-0123456789abcdef"
 ENV = {**os.environ, "RTG_SECRET_KEY": KEY, "PYTHONUNBUFFERED": "1"}
-EXAMPLES = ("aiohttp_clinic", "asgi_starlette", "custom_authorizer")
+EXAMPLES = ("aiohttp_clinic", "asgi_starlette", "custom_authorizer", "fastapi_app")
 READY_WITHIN = 20.0  # seconds for an example to answer its health endpoint
 STOP_WITHIN = 10.0  # seconds for it to exit after SIGTERM before it is killed
 

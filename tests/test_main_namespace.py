@@ -22,7 +22,9 @@ from realtime_gateway import (
     RuleAuthorizer,
     SignedTokenAuthenticator,
     reference_rules,
+    testing,
 )
+from realtime_gateway.testing import ServerKind
 
 from .clinic import USERS, Inbox, assert_refused, clinic_gateway, connect_as
 from .conftest import Clients, call
@@ -52,6 +54,15 @@ async def barrier(gateway: Gateway, user_id: str, *inboxes: Inbox) -> None:
         await inbox.wait("barrier", count=count)
 
 
+async def kit_barrier(gateway: Gateway, user_id: str, *clients: testing.TestClient) -> None:
+    """:func:`barrier` for the testing kit's clients."""
+    marker = {"marker": str(uuid.uuid4())}
+    await gateway.emit_to_user(user_id, "barrier", marker)
+    for client in clients:
+        while await client.receive("barrier") != marker:
+            pass
+
+
 async def rooms_of(gateway: Gateway, client: socketio.AsyncClient) -> frozenset[str]:
     info = await gateway.connection_info(client.get_sid("/"))
     assert info is not None
@@ -59,19 +70,18 @@ async def rooms_of(gateway: Gateway, client: socketio.AsyncClient) -> frozenset[
 
 
 # -- welcome and ping -------------------------------------------------------------------
+# These tests use realtime_gateway.testing, as an application's own tests would.
 
 
 async def test_connected_welcome(
-    clients: Clients, authenticator: SignedTokenAuthenticator, server_kind: str
+    authenticator: SignedTokenAuthenticator, server_kind: ServerKind
 ) -> None:
-    async with clients.serve(clinic_gateway(authenticator), server_kind) as server:
+    async with testing.serve(clinic_gateway(authenticator), kind=server_kind) as server:
         before = time.time() * 1000
-        client, inbox = await connect_as(
-            clients, server.url, authenticator.issue(USERS["nurse"]), namespaces=MAIN
-        )
-        (welcome,) = await inbox.wait("connected")
+        client = await server.connect(USERS["nurse"], namespaces=MAIN)
+        welcome = await client.receive("connected")
         after = time.time() * 1000
-        sid = client.get_sid("/")
+        sid = client.sid("/")
 
     assert set(welcome) == {"socketId", "userId", "timestamp", "serverTime"}
     assert welcome["socketId"] == sid
@@ -82,14 +92,12 @@ async def test_connected_welcome(
 
 
 async def test_ping_answers_pong(
-    clients: Clients, authenticator: SignedTokenAuthenticator, server_kind: str
+    authenticator: SignedTokenAuthenticator, server_kind: ServerKind
 ) -> None:
-    async with clients.serve(clinic_gateway(authenticator), server_kind) as server:
-        client, _ = await connect_as(
-            clients, server.url, authenticator.issue(USERS["staff"]), namespaces=MAIN
-        )
-        ack = await call(client, "ping")
-        ack_with_payload = await call(client, "ping", {"anything": 1})
+    async with testing.serve(clinic_gateway(authenticator), kind=server_kind) as server:
+        client = await server.connect(USERS["staff"], namespaces=MAIN)
+        ack = await client.call("ping")
+        ack_with_payload = await client.call("ping", {"anything": 1})
 
     for answer in (ack, ack_with_payload):
         assert set(answer) == {"success", "status", "timestamp"}
@@ -143,50 +151,42 @@ async def test_join_room_follows_the_authorizer(
 
 
 async def test_joined_room_receives_room_emits(
-    clients: Clients, authenticator: SignedTokenAuthenticator, server_kind: str
+    authenticator: SignedTokenAuthenticator, server_kind: ServerKind
 ) -> None:
     gateway = clinic_gateway(authenticator, authorizer=lobby_rules())
-    async with clients.serve(gateway, server_kind) as server:
-        nurse, nurse_inbox = await connect_as(
-            clients, server.url, authenticator.issue(USERS["nurse"]), namespaces=MAIN
-        )
-        staff, staff_inbox = await connect_as(
-            clients, server.url, authenticator.issue(USERS["staff"]), namespaces=MAIN
-        )
-        assert (await call(nurse, "join:room", "lobby:a"))["success"]
-        assert_refused(await call(staff, "join:room", "user:u-nurse"), "forbidden")
+    async with testing.serve(gateway, kind=server_kind) as server:
+        nurse = await server.connect(USERS["nurse"], namespaces=MAIN)
+        staff = await server.connect(USERS["staff"], namespaces=MAIN)
+        assert (await nurse.call("join:room", "lobby:a"))["success"]
+        assert_refused(await staff.call("join:room", "user:u-nurse"), "forbidden")
 
         await gateway.emit_to_room("lobby:a", "news", {"n": 1})
         await gateway.emit_to_room("user:u-nurse", "direct", {"n": 2})
-        assert await nurse_inbox.wait("news") == [{"n": 1}]
-        assert await nurse_inbox.wait("direct") == [{"n": 2}]
-        await barrier(gateway, "u-staff", staff_inbox)
-        assert staff_inbox.of("news") == []
-        assert staff_inbox.of("direct") == []
+        assert await nurse.receive("news") == {"n": 1}
+        assert await nurse.receive("direct") == {"n": 2}
+        await kit_barrier(gateway, "u-staff", staff)
+        assert staff.received("news") == []
+        assert staff.received("direct") == []
 
 
 async def test_a_room_named_after_a_socket_id_is_refused(
-    clients: Clients, authenticator: SignedTokenAuthenticator, server_kind: str
+    authenticator: SignedTokenAuthenticator, server_kind: ServerKind
 ) -> None:
     """Every socket's sid is its private room; not even an admin, whom the reference
     rules allow everything, may join another socket's."""
     gateway = clinic_gateway(authenticator)
-    async with clients.serve(gateway, server_kind) as server:
-        admin, admin_inbox = await connect_as(
-            clients, server.url, authenticator.issue(USERS["admin"]), namespaces=MAIN
-        )
-        nurse, nurse_inbox = await connect_as(
-            clients, server.url, authenticator.issue(USERS["nurse"]), namespaces=MAIN
-        )
-        nurse_sid = nurse.get_sid("/")
-        assert (await call(admin, "join:room", "lobby:anything"))["success"]  # admin may
-        assert_refused(await call(admin, "join:room", nurse_sid), "forbidden")
-        assert nurse_sid not in await rooms_of(gateway, admin)
+    async with testing.serve(gateway, kind=server_kind) as server:
+        admin = await server.connect(USERS["admin"], namespaces=MAIN)
+        nurse = await server.connect(USERS["nurse"], namespaces=MAIN)
+        nurse_sid = nurse.sid("/")
+        assert (await admin.call("join:room", "lobby:anything"))["success"]  # admin may
+        assert_refused(await admin.call("join:room", nurse_sid), "forbidden")
+        assert nurse_sid not in await rooms_of(gateway, admin.sio)
 
         await gateway.emit_to_room(nurse_sid, "private", {"for": "nurse"})
-        assert await nurse_inbox.wait("private") == [{"for": "nurse"}]
-        await barrier(gateway, "u-admin", admin_inbox)
-        assert admin_inbox.of("private") == []
+        assert await nurse.receive("private") == {"for": "nurse"}
+        await kit_barrier(gateway, "u-admin", admin)
+        assert admin.received("private") == []
 
 
 BAD_ROOMS: list[Any] = [

@@ -76,6 +76,8 @@ COVERED = {
     ("sh", "Admin HTTP API"): "test_shell_lines_against_the_quick_start",
     ("python", "Logging"): "test_logging_snippet",
     ("js", "Missed-message recovery"): "test_recovery_snippets",
+    ("python", "FastAPI quick start"): "tests/test_readme_fastapi.py",
+    ("python", "Testing your gateway"): "tests/test_readme_fastapi.py",
     ("python", "Missed-message recovery"): "test_recovery_snippets",
 }
 

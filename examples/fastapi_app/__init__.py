@@ -1,0 +1,1 @@
+"""Example app (a package only so that type checkers tell its app.py from the others)."""

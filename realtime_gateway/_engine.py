@@ -58,6 +58,7 @@ import logging
 import math
 import re
 import secrets
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -207,6 +208,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
     upgraded: bool
     closing: bool
     closed: bool
+    last_ping: float | None
     queued_bytes = 0
     """Bytes of the packets queued for the client and not yet handed to its transport."""
     transport_bytes = 0
@@ -221,6 +223,22 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
     _writer: asyncio.Task[None] | None = None
     _stop: asyncio.Future[None] | None = None
     _eviction: asyncio.Task[None] | None = None
+    _ping_timer: asyncio.TimerHandle | None = None
+
+    def schedule_ping(self) -> None:
+        """Send the next PING ``ping_interval`` from now (python-engineio's, but with
+        a timer handle: upstream starts a task per connection that sleeps the whole
+        interval, and outlives the connection by up to that long)."""
+        if self.last_ping:
+            self.last_ping = None
+            loop = asyncio.get_running_loop()
+            self._ping_timer = loop.call_later(self.server.ping_interval, self._ping_due)
+
+    def _ping_due(self) -> None:
+        self._ping_timer = None
+        if not self.closing and not self.closed and not self.evicted:
+            self.last_ping = time.time()
+            self._enqueue(eio_packet.Packet(eio_packet.PING))
 
     @property
     def pending_output(self) -> int:
@@ -317,6 +335,9 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         self.server.session_joined(self.sid)  # no longer pending, whatever happens next
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
         await super().close(wait=False, abort=abort, reason=reason)
         if wait:
             # python-engineio waits for the queue to drain, forever when no long-poll

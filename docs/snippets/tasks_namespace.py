@@ -31,10 +31,12 @@ class TasksNamespace(GatewayNamespace):
         self.tasks: dict[str, NewTask] = {}
 
     async def on_connected(self, conn: Connection) -> None:
-        await self.join(conn, "tasks")  # asks the authorizer: action "join", target "tasks"
+        if conn.identity.has_role("nurse", "doctor"):
+            await self.join(conn, "tasks", action=None)  # the namespace's own decision
 
     @event("task:create", payload=NewTask)
     async def create(self, conn: Connection, task: NewTask) -> dict[str, Any]:
+        await self.gateway.authorize(conn.identity, "send", "tasks")  # else: forbidden
         task_id = str(len(self.tasks) + 1)
         self.tasks[task_id] = task
         await self.gateway.emit_to_room(
@@ -44,13 +46,14 @@ class TasksNamespace(GatewayNamespace):
 
     @event("task:done", payload=str)
     async def done(self, conn: Connection, task_id: str) -> dict[str, Any]:
+        await self.gateway.authorize(conn.identity, "send", "tasks")
         if self.tasks.pop(task_id, None) is None:
             raise NotFound("No such task")  # the ack: {"success": false, "code": "not_found", ...}
         return {}
 
 
 namespaces = [*default_namespaces(), TasksNamespace()]
-# Connecting to /tasks, and the tasks room, are allowed like anything else: by a rule.
+# Any user may connect to /tasks (the reference rules' namespaces); who may send is a rule.
 authorizer = reference_rules(namespaces=[n.namespace for n in namespaces]) + RuleAuthorizer(
-    [Rule(actions="join", target="tasks", roles=("nurse", "doctor"))]
+    [Rule(actions="send", target="tasks", roles=("nurse", "doctor"))]
 )

@@ -28,5 +28,5 @@ class ApiKeyAuthenticator:
 
 authenticator = ChainAuthenticator(
     ApiKeyAuthenticator({"wall-display-key": Identity(user_id="display-3", roles={"staff"})}),
-    SignedTokenAuthenticator(["a-long-random-secret-key"], salt="my-app.session"),
+    SignedTokenAuthenticator(["a-long-random-secret-key"], salt="my-app.session", max_age=3600),
 )

@@ -49,9 +49,9 @@ pytest: $(STAMP) $(JS_CLIENT) system-packages
 
 # The documentation site (mkdocs-material, mkdocstrings) into site/; --strict turns
 # every warning (a broken link, a README section gone, a docstring griffe cannot
-# read) into a failure.
+# read) into a failure. Not --quiet: it would hide the warnings from --strict's count.
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 test: lint typecheck docs pytest
 

@@ -8,8 +8,12 @@ block written into a page directly must be listed in ``COVERED``.
 
 from __future__ import annotations
 
+import asyncio
+import html
+import os
 import re
 import runpy
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,3 +191,34 @@ async def test_custom_namespace_snippet() -> None:
         refused = await patient.call("task:create", {"title": "Lunch"}, namespace="/tasks")
         assert (refused["success"], refused["code"]) == (False, "forbidden")
         assert patient.received("task:created", namespace="/tasks") == []
+
+
+async def test_the_built_site_renders_every_public_name(tmp_path: Path) -> None:
+    """What readers get: an entry for every public name, docstrings' Sphinx roles
+    turned into links (docs/griffe_roles.py), the snippets in their pages."""
+    build = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)),
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(build.communicate(), 60)
+    assert build.returncode == 0, output.decode()
+    reference = "".join(page.read_text() for page in (tmp_path / "reference").rglob("*.html"))
+    for name in realtime_gateway.__all__:
+        assert f'id="realtime_gateway.{name}"' in reference, name
+    for name in testing.__all__:
+        assert f'id="realtime_gateway.testing.{name}"' in reference, name
+    assert not re.search(r":(class|meth|func|attr|mod|exc):", reference)
+    # A role naming a public object is a link to its entry.
+    assert 'href="../errors/#realtime_gateway.NotFound"' in reference
+    # Each snippet is shown whole, on the page that includes it.
+    for page in pages():
+        for snippet_name in re.findall(r'include "snippets/([\w.]+)"', page.read_text()):
+            built = tmp_path / page.with_suffix("").relative_to(DOCS) / "index.html"
+            if page.name == "index.md":
+                built = tmp_path / "index.html"
+            text = html.unescape(re.sub(r"<[^>]+>", "", built.read_text()))
+            for line in (SNIPPETS / snippet_name).read_text().splitlines():
+                assert line in text, (snippet_name, line)

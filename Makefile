@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The official socket.io client, served locally by the examples.
 JS_CLIENT := node_modules/socket.io-client/dist/socket.io.min.js
 
-.PHONY: demo test lint typecheck pytest install system-packages clean
+.PHONY: demo test lint typecheck docs pytest install system-packages clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,10 +47,16 @@ typecheck: $(STAMP)
 pytest: $(STAMP) $(JS_CLIENT) system-packages
 	$(VENV)/bin/pytest
 
-test: lint typecheck pytest
+# The documentation site (mkdocs-material, mkdocstrings) into site/; --strict turns
+# every warning (a broken link, a README section gone, a docstring griffe cannot
+# read) into a failure. Not --quiet: it would hide the warnings from --strict's count.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+test: lint typecheck docs pytest
 
 clean:
-	rm -rf $(VENV) node_modules benchmarks/node/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site node_modules benchmarks/node/node_modules .pytest_cache .mypy_cache .ruff_cache
 
 # Benchmarks against raw python-socketio and Node's socket.io, then the 5-minute soak
 # of the gateway alone: writes benchmarks/RESULTS.md. Node's socket.io goes into

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_ADMIN_PREFIX", "AdminAPI", "AdminResponse"]
 
 DEFAULT_ADMIN_PREFIX = "/api/socket.io"
+"""Where :class:`AdminAPI` serves its endpoints unless given another ``prefix``."""
 JSON_TYPE = "application/json"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -10,7 +10,8 @@ benchmark protocol the same way on every server:
 
 Every ``bench:msg`` ``seq, payload`` a client receives is counted and checked: the
 sequence numbers of a run must arrive complete and in order, each payload of the
-announced size. :class:`Delivery` follows one run over many clients. Other events
+announced size (an offset after the payload, as missed-message recovery appends,
+is counted and the last one kept). :class:`Delivery` follows one run over many clients. Other events
 (the gateway's ``auth:expiring``, ``auth:expired``) are counted by name with the
 time the first of each arrived. A server disconnect (``41``) closes the websocket,
 as the official client does when its last namespace is disconnected.
@@ -138,6 +139,8 @@ class Client:
         self._next_seq = 0
         self._got = 0
         self.stray = 0  # bench:msg frames outside any run
+        self.offsets = 0  # bench:msg frames that carried a recovery offset
+        self.last_offset: str | None = None  # the last of those offsets
         self.events: Counter[str] = Counter()  # other events received, by name
         self.first_seen: dict[str, float] = {}  # perf_counter of each one's first
         self.disconnected_at: float | None = None  # perf_counter of a server disconnect
@@ -229,10 +232,19 @@ class Client:
                     break
                 data: str = message.data
                 if data.startswith(prefix):
-                    # 42["bench:msg",<seq>,"<payload>"]: the payload is what lies
-                    # between the quotes after the comma that ends the sequence number.
+                    # 42["bench:msg",<seq>,"<payload>"], or with missed-message
+                    # recovery on 42["bench:msg",<seq>,"<payload>","<offset>"]: the
+                    # payload starts after the comma that ends the sequence number;
+                    # the last string's opening quote (found from the end, past a
+                    # short offset only) tells whether an offset follows it.
                     comma = data.find(",", start)
-                    self._message(int(data[start:comma]), len(data) - comma - 4)
+                    quote = data.rfind('"', comma, len(data) - 2)
+                    if quote == comma + 1:
+                        self._message(int(data[start:comma]), len(data) - comma - 4)
+                    else:
+                        self.offsets += 1
+                        self.last_offset = data[quote + 1 : -2]
+                        self._message(int(data[start:comma]), quote - comma - 4)
                 elif data == "2":
                     await ws.send_str("3")
                 elif data.startswith("43"):

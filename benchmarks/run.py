@@ -118,6 +118,7 @@ class Sizes:
     storm_max_runs: int  # S6: storms run at most, while other processes spoil some
     storm_judge: bool  # S6: count only storms on an otherwise idle machine
     recovery_window: float  # S7: the recovering fan-out server's window, seconds
+    recovery_pairs: int  # S7: measured runs on each server, interleaved
     log_entries: int  # S7: events appended to measure the recovery log's memory
     park_clients: int  # S7: sockets dropped to measure what a parked session keeps
     park_settle: float  # S7: seconds from the drops to the last snapshot
@@ -150,6 +151,7 @@ FULL = Sizes(
     storm_max_runs=6,
     storm_judge=True,
     recovery_window=5.0,
+    recovery_pairs=9,
     log_entries=100_000,
     park_clients=1000,
     # python-engineio's ping task keeps a closed socket until its next ping.
@@ -182,6 +184,7 @@ SMOKE = Sizes(
     storm_max_runs=1,
     storm_judge=False,
     recovery_window=5.0,
+    recovery_pairs=1,
     log_entries=2000,
     park_clients=10,
     park_settle=0.5,
@@ -1419,13 +1422,15 @@ class _Side:
     controller: Client
     messages: int = 0  # bench:msg frames each client got from it so far
     rates: list[float] = attrs.field(factory=list)
+    others: list[float] = attrs.field(factory=list)  # other processes' CPU share, per run
     cpu: float = 0.0
     own: float = 0.0
     wall: float = 0.0
     delivered: int = 0
 
     def reset(self) -> None:
-        self.rates, self.cpu, self.own, self.wall, self.delivered = [], 0.0, 0.0, 0.0, 0
+        self.rates, self.others = [], []
+        self.cpu, self.own, self.wall, self.delivered = 0.0, 0.0, 0.0, 0
 
 
 RECOVERY_MEMORY = BENCH_DIR / "recovery_memory.py"
@@ -1437,7 +1442,7 @@ async def scenario_recovery(ctx: Context, spec: ServerSpec, server: ServerProces
     gateway servers at once, pinned to the same CPU: ``server`` without missed-message
     recovery and one with it (``BENCH_RECOVERY``, in memory, a window of
     ``recovery_window`` seconds, so that the log trims as it fills). For each size a
-    warm-up run on each, then ``runs`` measured runs on each, interleaved in pairs
+    warm-up run on each, then ``recovery_pairs`` measured runs on each, interleaved
     (off, on, then on, off, ...) with the same number of messages, so that whatever
     else the machine does falls on both alike; the medians are compared. Every
     message of the recovering server must carry an offset, none of the other's. Then
@@ -1531,8 +1536,9 @@ async def _paired_runs(ctx: Context, spec: ServerSpec, sides: Sequence[_Side], s
     count = round(warmup_rate * sizes.run_seconds / sizes.fanout_clients)
     count = min(max(count, sizes.min_count), sizes.max_count)
     async with ctx.measuring_pair(on.server, off.server):
-        for run in range(sizes.runs):
+        for run in range(sizes.recovery_pairs):
             for side in sides if run % 2 == 0 else tuple(reversed(sides)):
+                machine_before = machine_cpu_seconds()
                 delivery, cpu, own = await _deliver(
                     side.server,
                     side.controller,
@@ -1542,10 +1548,12 @@ async def _paired_runs(ctx: Context, spec: ServerSpec, sides: Sequence[_Side], s
                     count,
                     size,
                 )
+                elsewhere = machine_cpu_seconds() - machine_before - cpu - own
                 check.add(delivery)
                 if not delivery.in_order:
                     return False
                 side.messages += count
+                side.others.append(max(0.0, elsewhere) / delivery.elapsed)
                 side.rates.append(delivery.expected / delivery.elapsed)
                 side.cpu += cpu
                 side.own += own
@@ -1562,6 +1570,7 @@ async def _paired_runs(ctx: Context, spec: ServerSpec, sides: Sequence[_Side], s
     median_off, median_on = statistics.median(off.rates), statistics.median(on.rates)
     results.measures[f"S7-ratio-{size}"].values[spec.key] = median_on / median_off
     pairs = [mine / theirs for mine, theirs in zip(on.rates, off.rates, strict=True)]
+    others = sorted(off.others + on.others)
     cpu_off = results.cpu[(f"S7-off-{size}", spec.key)]
     cpu_on = results.cpu[(f"S7-on-{size}", spec.key)]
     details = results.details.setdefault("S7", [])
@@ -1576,7 +1585,8 @@ async def _paired_runs(ctx: Context, spec: ServerSpec, sides: Sequence[_Side], s
         + ", ".join(f"{rate / 1000:.0f}k" for rate in off.rates)
         + "; on "
         + ", ".join(f"{rate / 1000:.0f}k" for rate in on.rates)
-        + "."
+        + f"; other processes took {others[0]:.0%} to {others[-1]:.0%} of a CPU during "
+        f"the runs (median {statistics.median(others):.0%})."
     )
     return True
 
@@ -1619,7 +1629,10 @@ async def _log_memory(ctx: Context) -> None:
             f"by a `MemoryRecoveryStore` in a fresh process: {found['heap_bytes']:,.0f} B "
             f"of Python heap per event (tracemalloc; RSS: {found['rss_bytes']:,.0f} B), "
             f"of which {found['frame_bytes']:,.0f} B are the encoded frame's characters "
-            f"and {found['heap_bytes'] - found['frame_bytes']:,.0f} B the entry around it."
+            f"and {found['heap_bytes'] - found['frame_bytes']:,.0f} B the entry around it; "
+            f"taking an offset and appending the entry took {found['append_us']:.2f} µs "
+            f"per event ({1000 * found['append_us'] / sizes.fanout_clients:.1f} ns per "
+            f"delivery at {sizes.fanout_clients:,} recipients)."
         )
 
 

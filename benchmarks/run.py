@@ -1636,45 +1636,30 @@ async def _log_memory(ctx: Context) -> None:
         )
 
 
-def _heap_growth(
-    before: Path, after: Path, per: int, limit: int = 8
-) -> tuple[float, list[tuple[str, float]]]:
+def _heap_growth(before: Path, after: Path, per: int) -> tuple[float, dict[str, float]]:
     """Bytes of Python heap grown from snapshot ``before`` to ``after`` per ``per``,
-    and the lines that grew most (bytes per ``per``)."""
+    in all and by line."""
     ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
     first = tracemalloc.Snapshot.load(str(before)).filter_traces(ignore)
     second = tracemalloc.Snapshot.load(str(after)).filter_traces(ignore)
     total = sum(stat.size_diff for stat in second.compare_to(first, "filename")) / per
-    lines = sorted(second.compare_to(first, "lineno"), key=lambda stat: -stat.size_diff)
-    return total, [
-        (_short_frame(str(stat.traceback[0])), stat.size_diff / per)
-        for stat in lines[:limit]
-        if stat.size_diff > 0
-    ]
+    lines = {
+        _short_frame(str(stat.traceback[0])): stat.size_diff / per
+        for stat in second.compare_to(first, "lineno")
+    }
+    return total, lines
 
 
-async def _parked_memory(ctx: Context, spec: ServerSpec, log_dir: Path) -> None:
-    """S7: what one parked session keeps on a gateway server with recovery on:
-    ``park_clients`` sockets connect and join a room, then drop (their websockets
-    close under them, so each is parked for ``PARK_WINDOW``); tracemalloc snapshots
-    before the connects, with them connected, and ``park_settle`` after the drops."""
+async def _drop_sockets(
+    ctx: Context, spec: ServerSpec, server: ServerProcess, memory: MemoryProfiler
+) -> int:
+    """S7's parked-session measure on one server: snapshots before ``park_clients``
+    sockets connect and join a room, and with them connected; then they drop (their
+    websockets close under them, no DISCONNECT: with recovery on each is parked).
+    Returns how many connected."""
     sizes = ctx.sizes
-    results = ctx.results
-    measure = results.measure(
-        "S7-parked",
-        "S7",
-        "S7 memory per parked session (dropped socket kept for recovery)",
-        "KB",
-        higher_is_better=False,
-        only=("A",),
-    )
-    check = results.check("S7", spec.key)
-    memory = MemoryProfiler(log_dir)
-    env = {**memory.env, "BENCH_RECOVERY": f"{PARK_WINDOW:g}"}
-    async with (
-        ServerProcess(spec, ctx.tokens.secret, log_dir, env) as server,
-        LoadGenerator(server.url) as gen,
-    ):
+    check = ctx.results.check("S7", spec.key)
+    async with LoadGenerator(server.url) as gen:
         warmup = await _connect(gen, ctx, spec, 5, prefix="pw")
         await call_all(
             warmup, "bench:join", lambda index: "bench:all", within=CALL_TIMEOUT, check=_succeeded
@@ -1694,21 +1679,65 @@ async def _parked_memory(ctx: Context, spec: ServerSpec, log_dir: Path) -> None:
             check.received += len(clients)
             await memory.snapshot(server)
         finally:
-            await close_all(clients)  # no DISCONNECT packet: each socket is parked
+            await close_all(clients)
+    return len(clients)
+
+
+async def _parked_memory(ctx: Context, spec: ServerSpec, log_dir: Path) -> None:
+    """S7: what one parked session keeps on a gateway server. Two gateway servers
+    with tracemalloc, one with recovery on (a window of ``PARK_WINDOW``), one
+    without: on each ``park_clients`` sockets connect, join a room and drop (see
+    :func:`_drop_sockets`), and a last snapshot is taken ``park_settle`` after the
+    drops. The server without recovery tells what dropped sockets leave behind
+    anyway (tables that do not shrink, caches); the difference is what parking keeps."""
+    sizes = ctx.sizes
+    results = ctx.results
+    measure = results.measure(
+        "S7-parked",
+        "S7",
+        "S7 memory per parked session (dropped socket kept for recovery)",
+        "KB",
+        higher_is_better=False,
+        only=("A",),
+    )
+    found: dict[str, tuple[float, float, dict[str, float]]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        tracing: list[tuple[str, ServerProcess, MemoryProfiler, int]] = []
+        for state in ("on", "off"):
+            memory = MemoryProfiler(log_dir)
+            env = dict(memory.env)
+            if state == "on":
+                env["BENCH_RECOVERY"] = f"{PARK_WINDOW:g}"
+            server = await stack.enter_async_context(
+                ServerProcess(spec, ctx.tokens.secret, log_dir, env)
+            )
+            dropped = await _drop_sockets(ctx, spec, server, memory)
+            tracing.append((state, server, memory, dropped))
         await asyncio.sleep(sizes.park_settle)
-        await memory.snapshot(server)
-    first, connected, parked = memory.snapshots
-    per_socket, _ = _heap_growth(first, connected, len(clients))
-    per_session, lines = _heap_growth(first, parked, len(clients))
-    measure.values["A"] = per_session / 1024
+        for state, server, memory, dropped in tracing:
+            await memory.snapshot(server)
+            first, connected, settled = memory.snapshots
+            per_socket, _ = _heap_growth(first, connected, dropped)
+            left, lines = _heap_growth(first, settled, dropped)
+            found[state] = (per_socket, left, lines)
+    on_socket, on_left, on_lines = found["on"]
+    _, off_left, off_lines = found["off"]
+    measure.values["A"] = (on_left - off_left) / 1024
+    kept = sorted(
+        ((where, size - off_lines.get(where, 0.0)) for where, size in on_lines.items()),
+        key=lambda item: -item[1],
+    )
     results.details.setdefault("S7", []).append(
-        f"- S7 parked sessions: {len(clients):,} sockets joined `bench:all` on a gateway "
-        f"server with recovery on ({PARK_WINDOW:g} s window) and dropped; the Python heap "
-        f"(tracemalloc) held {per_socket / 1024:.1f} KB per socket while they were "
-        f"connected and {per_session / 1024:.2f} KB per parked session "
-        f"{sizes.park_settle:g} s after the drops (python-engineio's ping task keeps a "
-        "closed socket until its next ping); the lines that held most, per session: "
-        + "; ".join(f"`{where}` {size:,.0f} B" for where, size in lines)
+        f"- S7 parked sessions: {sizes.park_clients:,} sockets joined `bench:all` and then "
+        f"dropped, on a gateway server with recovery on ({PARK_WINDOW:g} s window) and on "
+        f"one without; Python heap (tracemalloc) {sizes.park_settle:g} s after the drops "
+        "(python-engineio's ping task keeps a closed socket until its next ping) against "
+        f"before the connects: {on_left / 1024:.2f} KB per dropped socket with recovery, "
+        f"{off_left / 1024:.2f} KB without (what dropped sockets leave anyway), so "
+        f"{(on_left - off_left) / 1024:.2f} KB per parked session (a connected socket "
+        f"held {on_socket / 1024:.1f} KB). The lines that keep most for a parked session "
+        "(with minus without), per session: "
+        + "; ".join(f"`{where}` {size:,.0f} B" for where, size in kept[:8] if size > 0)
         + "."
     )
 

@@ -67,7 +67,8 @@ def test_smoke_run_delivers_everything_in_order_and_reports(tmp_path: Path) -> N
             assert measures[key]["values"]["A"] is not None, key
         # The log keeps at least each event's encoded frame (the payload and more).
         assert measures[f"S7-log-bytes-{size}"]["values"]["A"] > size
-    assert measures["S7-parked"]["values"]["A"] > 0
+    # Measured on 10 sockets only: a figure, whose sign the smoke cannot promise.
+    assert measures["S7-parked"]["values"]["A"] is not None
 
     markdown = report.read_text()
     table = markdown.split("## Results", 1)[1].split("\n\n", 2)[1].splitlines()

@@ -415,6 +415,24 @@ class Profiler:
             else:
                 self.error = err.decode(errors="replace").strip()[-500:] or "no output"
 
+    def own(self) -> Counter[str]:
+        """Samples by the frame that was running (own time)."""
+        own: Counter[str] = Counter()
+        for stack, count in self.samples.items():
+            frames = [frame for frame in stack.split(";") if frame]
+            if frames:
+                own[_short_frame(frames[-1])] += count
+        return own
+
+    def within(self, *markers: str) -> int:
+        """Samples with a frame whose text contains one of ``markers`` (callees
+        included)."""
+        return sum(
+            count
+            for stack, count in self.samples.items()
+            if any(marker in stack for marker in markers)
+        )
+
     def top(self, limit: int = 12) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
         """(top frames by own time, top frames by time including callees), in % of
         the samples; event-loop and harness plumbing is left out of the second."""
@@ -2185,6 +2203,7 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
                 lines += [f"- {share:.1f}% `{frame}`" for frame, share in own]
                 lines += ["", "Including callees (event-loop plumbing left out):", ""]
                 lines += [f"- {share:.1f}% `{frame}`" for frame, share in inclusive]
+        lines += _recovery_profile(results.profiles)
     memory = results.memory_profile
     if memory is not None:
         lines += ["", "### S4 (memory, tracemalloc)", ""]
@@ -2212,6 +2231,46 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
         lines += ["", "## Errors", ""]
         lines += [f"- {error}" for error in results.errors]
     return "\n".join(lines) + "\n"
+
+
+RECOVERY_CODE = (
+    "realtime_gateway/_recovery.py",
+    "realtime_gateway/_recover.py",
+    "realtime_gateway._recovery.",  # attrs' generated methods
+)
+
+
+def _recovery_profile(profiles: dict[str, Profiler]) -> list[str]:
+    """S7's two profiles compared: both servers delivered the same messages and
+    py-spy counts busy samples only, so sample counts compare as time."""
+    on, off = profiles.get("S7 recovery on"), profiles.get("S7 recovery off")
+    if on is None or off is None or not on.samples or not off.samples:
+        return []
+    total_on, total_off = sum(on.samples.values()), sum(off.samples.values())
+    own_on, own_off = on.own(), off.own()
+    recovery = on.within(*RECOVERY_CODE)
+    grown = sorted(
+        ((frame, count - own_off.get(frame, 0)) for frame, count in own_on.items()),
+        key=lambda item: -item[1],
+    )
+    lines = [
+        "",
+        "### S7 recovery on against off (py-spy samples)",
+        "",
+        "Both servers delivered the same messages while profiled, and only busy samples "
+        f"count: {total_on:,} samples with recovery on, {total_off:,} off "
+        f"({total_on / total_off:.3f}x). Samples in missed-message recovery's own code "
+        "(`_recovery.py`, `_recover.py`, `LogEntry`'s generated `__init__`; callees "
+        f"included) with recovery on: {recovery:,} ({100 * recovery / total_on:.2f}%). "
+        "The frames (own time) with the most samples more with recovery on:",
+        "",
+    ]
+    lines += [
+        f"- +{count:,} `{frame}` ({own_off.get(frame, 0):,} off, {own_on[frame]:,} on)"
+        for frame, count in grown[:8]
+        if count > 0
+    ]
+    return lines
 
 
 def as_json(results: Results) -> dict[str, Any]:

@@ -1488,6 +1488,15 @@ async def scenario_recovery(ctx: Context, spec: ServerSpec, server: ServerProces
             higher_is_better=True,
             only=("A",),
         )
+    results.details.setdefault("S7", []).append(
+        f"S7 (A only): S1's fan-out on two gateway servers at once, both on the servers' "
+        f"CPU, one without missed-message recovery and one with it (in memory, "
+        f"`BENCH_RECOVERY={sizes.recovery_window:g}`: the log trims as it fills); per "
+        f"size a warm-up run on each, then {sizes.recovery_pairs} runs on each, "
+        "interleaved in pairs (off then on, on then off, ...), all of the same number "
+        "of messages; figures: the medians. Each message from the recovering server "
+        "must carry an offset, and none from the other (a delivery check):"
+    )
     check = results.check("S7", spec.key)
     env = {"BENCH_RECOVERY": f"{sizes.recovery_window:g}"}
     sides: list[_Side] = []
@@ -2116,7 +2125,7 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
         "",
         *[line for name in SCENARIOS for line in results.details.get(name, [])],
         *([""] if results.details else []),
-        "### Where the time went (S1, S5)",
+        "### Where the time went (S1, S5, S7)",
         "",
         "Server CPU time per delivery during the measured runs, how busy the load "
         "generator's own process was meanwhile (near 100% would mean the figure is "

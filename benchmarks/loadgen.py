@@ -34,6 +34,8 @@ import attrs
 
 MSG_PREFIX = '42["bench:msg",'
 """How every ``bench:msg`` frame starts (all three servers encode compact JSON)."""
+OFFSET_TAIL = 48
+"""Characters at the end of a ``bench:msg`` frame that hold its offset, if any."""
 MAX_ERRORS = 5
 """Delivery errors kept per run (the count of all of them is kept too)."""
 
@@ -234,17 +236,17 @@ class Client:
                 if data.startswith(prefix):
                     # 42["bench:msg",<seq>,"<payload>"], or with missed-message
                     # recovery on 42["bench:msg",<seq>,"<payload>","<offset>"]: the
-                    # payload starts after the comma that ends the sequence number;
-                    # the last string's opening quote (found from the end, past a
-                    # short offset only) tells whether an offset follows it.
+                    # payload starts after the comma that ends the sequence number.
+                    # Payloads have no quotes or commas, and offsets are at most 41
+                    # characters: a '",' near the end is where an offset begins.
                     comma = data.find(",", start)
-                    quote = data.rfind('"', comma, len(data) - 2)
-                    if quote == comma + 1:
+                    end = data.rfind('",', max(comma, len(data) - OFFSET_TAIL))
+                    if end < 0:
                         self._message(int(data[start:comma]), len(data) - comma - 4)
                     else:
                         self.offsets += 1
-                        self.last_offset = data[quote + 1 : -2]
-                        self._message(int(data[start:comma]), quote - comma - 4)
+                        self.last_offset = data[end + 3 : -2]
+                        self._message(int(data[start:comma]), end - comma - 2)
                 elif data == "2":
                     await ws.send_str("3")
                 elif data.startswith("43"):

@@ -10,7 +10,8 @@ benchmark protocol the same way on every server:
 
 Every ``bench:msg`` ``seq, payload`` a client receives is counted and checked: the
 sequence numbers of a run must arrive complete and in order, each payload of the
-announced size. :class:`Delivery` follows one run over many clients. Other events
+announced size (an offset after the payload, as missed-message recovery appends,
+is counted and the last one kept). :class:`Delivery` follows one run over many clients. Other events
 (the gateway's ``auth:expiring``, ``auth:expired``) are counted by name with the
 time the first of each arrived. A server disconnect (``41``) closes the websocket,
 as the official client does when its last namespace is disconnected.
@@ -33,6 +34,8 @@ import attrs
 
 MSG_PREFIX = '42["bench:msg",'
 """How every ``bench:msg`` frame starts (all three servers encode compact JSON)."""
+OFFSET_TAIL = 48
+"""Characters at the end of a ``bench:msg`` frame that hold its offset, if any."""
 MAX_ERRORS = 5
 """Delivery errors kept per run (the count of all of them is kept too)."""
 
@@ -138,6 +141,8 @@ class Client:
         self._next_seq = 0
         self._got = 0
         self.stray = 0  # bench:msg frames outside any run
+        self.offsets = 0  # bench:msg frames that carried a recovery offset
+        self.last_offset: str | None = None  # the last of those offsets
         self.events: Counter[str] = Counter()  # other events received, by name
         self.first_seen: dict[str, float] = {}  # perf_counter of each one's first
         self.disconnected_at: float | None = None  # perf_counter of a server disconnect
@@ -229,10 +234,19 @@ class Client:
                     break
                 data: str = message.data
                 if data.startswith(prefix):
-                    # 42["bench:msg",<seq>,"<payload>"]: the payload is what lies
-                    # between the quotes after the comma that ends the sequence number.
+                    # 42["bench:msg",<seq>,"<payload>"], or with missed-message
+                    # recovery on 42["bench:msg",<seq>,"<payload>","<offset>"]: the
+                    # payload starts after the comma that ends the sequence number.
+                    # Payloads have no quotes or commas, and offsets are at most 41
+                    # characters: a '",' near the end is where an offset begins.
                     comma = data.find(",", start)
-                    self._message(int(data[start:comma]), len(data) - comma - 4)
+                    end = data.rfind('",', max(comma, len(data) - OFFSET_TAIL))
+                    if end < 0:
+                        self._message(int(data[start:comma]), len(data) - comma - 4)
+                    else:
+                        self.offsets += 1
+                        self.last_offset = data[end + 3 : -2]
+                        self._message(int(data[start:comma]), end - comma - 2)
                 elif data == "2":
                     await ws.send_str("3")
                 elif data.startswith("43"):

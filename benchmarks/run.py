@@ -18,8 +18,11 @@ S4 idle memory per authenticated connection (on A also without expiry timers, to
 tell what they cost), S5 1,000 clients in 100 rooms of 10, and, on A only, S6 the
 expiry storm: 5,000 sockets whose tokens expire in the same second while 100 other
 clients keep calling, their acknowledgement p99 compared with a quiet window, and
-SOAK (``soak.py``): 2,000 clients churning for 5 minutes, with one slow reader and
-one flooder (``--soak-seconds`` and ``--soak-clients`` size it).
+S7 S1's fan-out with missed-message recovery on, side by side with it off (two
+gateway servers, runs interleaved), plus the memory the recovery log keeps per event
+and a parked session's, and SOAK (``soak.py``): 2,000 clients churning for 5 minutes,
+with one slow reader and one flooder (``--soak-seconds`` and ``--soak-clients`` size
+it).
 Every ``bench:msg`` is checked: each client must get every sequence number in
 order; in S6 each of the 5,000 must get ``auth:expiring`` then ``auth:expired`` and
 be disconnected, not before its expiry. The exit status is 1 when a server failed a
@@ -64,7 +67,7 @@ from loadgen import Client, Delivery, LoadGenerator, ProtocolError, call_all, cl
 from soak import FULL_SOAK, SMOKE_SOAK, Soak, SoakReport, SoakSizes
 from soak import markdown as soak_markdown
 
-from realtime_gateway import Identity, SignedTokenAuthenticator
+from realtime_gateway import GatewayConfig, Identity, SignedTokenAuthenticator
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -114,6 +117,11 @@ class Sizes:
     storm_runs: int  # S6: storms counted, one after the other on one server
     storm_max_runs: int  # S6: storms run at most, while other processes spoil some
     storm_judge: bool  # S6: count only storms on an otherwise idle machine
+    recovery_window: float  # S7: the recovering fan-out server's window, seconds
+    recovery_pairs: int  # S7: measured runs on each server, interleaved
+    log_entries: int  # S7: events appended to measure the recovery log's memory
+    park_clients: int  # S7: sockets dropped to measure what a parked session keeps
+    park_settle: float  # S7: seconds from the drops to the last snapshot
 
 
 FULL = Sizes(
@@ -142,6 +150,12 @@ FULL = Sizes(
     storm_runs=3,
     storm_max_runs=6,
     storm_judge=True,
+    recovery_window=5.0,
+    recovery_pairs=9,
+    log_entries=100_000,
+    park_clients=1000,
+    # python-engineio's ping task keeps a closed socket until its next ping.
+    park_settle=GatewayConfig().ping_interval + 2.0,
 )
 SMOKE = Sizes(
     fanout_clients=10,
@@ -169,6 +183,11 @@ SMOKE = Sizes(
     storm_runs=1,
     storm_max_runs=1,
     storm_judge=False,
+    recovery_window=5.0,
+    recovery_pairs=1,
+    log_entries=2000,
+    park_clients=10,
+    park_settle=0.5,
 )
 
 
@@ -396,6 +415,24 @@ class Profiler:
             else:
                 self.error = err.decode(errors="replace").strip()[-500:] or "no output"
 
+    def own(self) -> Counter[str]:
+        """Samples by the frame that was running (own time)."""
+        own: Counter[str] = Counter()
+        for stack, count in self.samples.items():
+            frames = [frame for frame in stack.split(";") if frame]
+            if frames:
+                own[_short_frame(frames[-1])] += count
+        return own
+
+    def within(self, *markers: str) -> int:
+        """Samples with a frame whose text contains one of ``markers`` (callees
+        included)."""
+        return sum(
+            count
+            for stack, count in self.samples.items()
+            if any(marker in stack for marker in markers)
+        )
+
     def top(self, limit: int = 12) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
         """(top frames by own time, top frames by time including callees), in % of
         the samples; event-loop and harness plumbing is left out of the second."""
@@ -563,7 +600,7 @@ class Target:
 
     text: str
     label: str  # the Measure it is about
-    kind: str  # "ratio_at_least", "ratio_at_most" or "value_at_most"
+    kind: str  # "ratio_at_least", "ratio_at_most", "value_at_most" or "value_at_least"
     threshold: float
     versus: str = "B"  # for ratios
     value: float | None = None
@@ -582,6 +619,18 @@ TARGETS = (
     Target("S4 expiry timers <= 1 KB per idle connection", "S4-timers", "value_at_most", 1.0),
     Target("S5 deliveries/s >= 1.0x Node", "S5", "ratio_at_least", 1.0, "C"),
     Target("S6 ack p99 during the expiry storm <= 3x quiet", "S6-ratio", "value_at_most", 3.0),
+    Target(
+        "S7 100 B deliveries/s, recovery on >= 0.85x off",
+        "S7-ratio-100",
+        "value_at_least",
+        0.85,
+    ),
+    Target(
+        "S7 1 KB deliveries/s, recovery on >= 0.85x off",
+        "S7-ratio-1024",
+        "value_at_least",
+        0.85,
+    ),
 )
 
 
@@ -630,13 +679,13 @@ class Results:
         evaluated = []
         for template in TARGETS:
             target = attrs.evolve(template)
-            if target.kind == "value_at_most":
+            if target.kind in ("value_at_most", "value_at_least"):
                 measure = self.measures.get(target.label)
                 target.value = None if measure is None else measure.values.get("A")
             else:
                 target.value = self.ratio(target.label, target.versus)
             if target.value is not None:
-                if target.kind == "ratio_at_least":
+                if target.kind in ("ratio_at_least", "value_at_least"):
                     target.met = target.value >= target.threshold
                     target.gap = f"{target.value:.2f}x" + (
                         "" if target.met else f", {1 - target.value / target.threshold:.0%} short"
@@ -667,6 +716,19 @@ class Context:
     soak: SoakSizes = FULL_SOAK
     profiler: Profiler | None = None  # set when profiling the gateway's CPU
     memory: MemoryProfiler | None = None  # set when tracing the gateway's memory
+    baseline_profiler: Profiler | None = None  # S7: the server without recovery
+
+    @contextlib.asynccontextmanager
+    async def measuring_pair(
+        self, server: ServerProcess, baseline: ServerProcess
+    ) -> AsyncIterator[None]:
+        """:meth:`measuring` for two servers measured in turn (S7): ``baseline`` is
+        profiled by :attr:`baseline_profiler`."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self.baseline_profiler is not None:
+                await stack.enter_async_context(self.baseline_profiler.record(baseline.pid))
+            await stack.enter_async_context(self.measuring(server))
+            yield
 
     @contextlib.asynccontextmanager
     async def measuring(self, server: ServerProcess) -> AsyncIterator[None]:
@@ -1367,6 +1429,346 @@ def _check_expired(check: Check, doomed: Sequence[Client], expiry: float) -> int
     return ended
 
 
+@attrs.define
+class _Side:
+    """One of S7's two gateway servers, with its clients in one room and its figures
+    for the payload size being measured."""
+
+    name: str  # "off" or "on"
+    server: ServerProcess
+    clients: list[Client]
+    controller: Client
+    messages: int = 0  # bench:msg frames each client got from it so far
+    rates: list[float] = attrs.field(factory=list)
+    others: list[float] = attrs.field(factory=list)  # other processes' CPU share, per run
+    cpu: float = 0.0
+    own: float = 0.0
+    wall: float = 0.0
+    delivered: int = 0
+
+    def reset(self) -> None:
+        self.rates, self.others = [], []
+        self.cpu, self.own, self.wall, self.delivered = 0.0, 0.0, 0.0, 0
+
+
+RECOVERY_MEMORY = BENCH_DIR / "recovery_memory.py"
+PARK_WINDOW = 120.0  # S7: the window of the server whose parked sessions are measured
+
+
+async def scenario_recovery(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
+    """S7 (gateway only): S1's fan-out (``fanout_clients`` clients in one room) on two
+    gateway servers at once, pinned to the same CPU: ``server`` without missed-message
+    recovery and one with it (``BENCH_RECOVERY``, in memory, a window of
+    ``recovery_window`` seconds, so that the log trims as it fills). For each size a
+    warm-up run on each, then ``recovery_pairs`` measured runs on each, interleaved
+    (off, on, then on, off, ...) with the same number of messages, so that whatever
+    else the machine does falls on both alike; the medians are compared. Every
+    message of the recovering server must carry an offset, none of the other's. Then
+    (not when profiling) the memory the log keeps per event (``recovery_memory.py``,
+    a fresh process) and what one parked session keeps on a gateway server
+    (tracemalloc snapshots before the connects and after the drops)."""
+    sizes = ctx.sizes
+    results = ctx.results
+    rooms = f"{sizes.fanout_clients:,} clients in 1 room"
+    for size in sizes.fanout_sizes:
+        for state in ("off", "on"):
+            results.measure(
+                f"S7-{state}-{size}",
+                "S7",
+                f"S7 fan-out, {rooms}, {_bytes(size)}, recovery {state}",
+                "deliveries/s",
+                higher_is_better=True,
+                only=("A",),
+            )
+        results.measure(
+            f"S7-ratio-{size}",
+            "S7",
+            f"S7 {_bytes(size)} deliveries/s, recovery on / off",
+            "x",
+            higher_is_better=True,
+            only=("A",),
+        )
+    results.details.setdefault("S7", []).append(
+        f"S7 (A only): S1's fan-out on two gateway servers at once, both on the servers' "
+        f"CPU, one without missed-message recovery and one with it (in memory, "
+        f"`BENCH_RECOVERY={sizes.recovery_window:g}`: the log trims as it fills); per "
+        f"size a warm-up run on each, then {sizes.recovery_pairs} runs on each, "
+        "interleaved in pairs (off then on, on then off, ...), all of the same number "
+        "of messages; figures: the medians. Each message from the recovering server "
+        "must carry an offset, and none from the other (a delivery check):"
+    )
+    check = results.check("S7", spec.key)
+    env = {"BENCH_RECOVERY": f"{sizes.recovery_window:g}"}
+    sides: list[_Side] = []
+    async with contextlib.AsyncExitStack() as stack:
+        recovering = await stack.enter_async_context(
+            ServerProcess(spec, server.secret, server.log_path.parent, env)
+        )
+        for name, each in (("off", server), ("on", recovering)):
+            gen = await stack.enter_async_context(LoadGenerator(each.url))
+            clients = await _connect(gen, ctx, spec, sizes.fanout_clients)
+            stack.push_async_callback(close_all, clients)
+            controller = await gen.connect(ctx.tokens.token(spec.auth, "controller"))
+            stack.push_async_callback(close_all, [controller])
+            await call_all(
+                clients,
+                "bench:join",
+                lambda index: "bench:all",
+                within=CALL_TIMEOUT,
+                check=_succeeded,
+            )
+            sides.append(_Side(name, each, clients, controller))
+        for size in sizes.fanout_sizes:
+            if not await _paired_runs(ctx, spec, sides, size):
+                return
+    for side in sides:
+        wanted = side.messages if side.name == "on" else 0
+        wrong = [client for client in side.clients if client.offsets != wanted]
+        if wrong:
+            check.fail(
+                f"recovery {side.name}: {len(wrong)} clients got {wrong[0].offsets} "
+                f"offsets in {side.messages} messages, not {wanted}"
+            )
+    if ctx.profiler is None and ctx.memory is None:
+        await _log_memory(ctx)
+        await _parked_memory(ctx, spec, server.log_path.parent)
+
+
+async def _paired_runs(ctx: Context, spec: ServerSpec, sides: Sequence[_Side], size: int) -> bool:
+    """S7 for one payload size (see :func:`scenario_recovery`); ``False`` if a
+    server failed the delivery check."""
+    sizes = ctx.sizes
+    results = ctx.results
+    check = results.check("S7", spec.key)
+    request = _fanout_request(size)
+    off, on = sides
+    warmup_rate = 0.0
+    for side in sides:
+        side.reset()
+        warmup, _, _ = await _deliver(
+            side.server,
+            side.controller,
+            side.clients,
+            "bench:fanout",
+            request(sizes.warmup_count),
+            sizes.warmup_count,
+            size,
+        )
+        check.add(warmup)
+        if not warmup.in_order:
+            return False
+        side.messages += sizes.warmup_count
+        if side is off:
+            warmup_rate = warmup.expected / warmup.elapsed
+    count = round(warmup_rate * sizes.run_seconds / sizes.fanout_clients)
+    count = min(max(count, sizes.min_count), sizes.max_count)
+    async with ctx.measuring_pair(on.server, off.server):
+        for run in range(sizes.recovery_pairs):
+            for side in sides if run % 2 == 0 else tuple(reversed(sides)):
+                machine_before = machine_cpu_seconds()
+                delivery, cpu, own = await _deliver(
+                    side.server,
+                    side.controller,
+                    side.clients,
+                    "bench:fanout",
+                    request(count),
+                    count,
+                    size,
+                )
+                elsewhere = machine_cpu_seconds() - machine_before - cpu - own
+                check.add(delivery)
+                if not delivery.in_order:
+                    return False
+                side.messages += count
+                side.others.append(max(0.0, elsewhere) / delivery.elapsed)
+                side.rates.append(delivery.expected / delivery.elapsed)
+                side.cpu += cpu
+                side.own += own
+                side.wall += delivery.elapsed
+                side.delivered += delivery.expected
+    for side in sides:
+        key = f"S7-{side.name}-{size}"
+        measure = results.measures[key]
+        measure.values[spec.key] = statistics.median(side.rates)
+        measure.counts[spec.key] = count
+        measure.spread[spec.key] = (min(side.rates), max(side.rates))
+        results.cpu[(key, spec.key)] = 1e6 * side.cpu / side.delivered
+        results.loadgen_busy[(key, spec.key)] = side.own / side.wall
+    median_off, median_on = statistics.median(off.rates), statistics.median(on.rates)
+    results.measures[f"S7-ratio-{size}"].values[spec.key] = median_on / median_off
+    pairs = [mine / theirs for mine, theirs in zip(on.rates, off.rates, strict=True)]
+    others = sorted(off.others + on.others)
+    cpu_off = results.cpu[(f"S7-off-{size}", spec.key)]
+    cpu_on = results.cpu[(f"S7-on-{size}", spec.key)]
+    details = results.details.setdefault("S7", [])
+    details.append(
+        f"- S7 {_bytes(size)}: {count} messages per client per run; recovery off "
+        f"{median_off:,.0f}, on {median_on:,.0f} deliveries/s (median of {len(off.rates)} "
+        f"runs each): {median_on / median_off:.3f}x; the {len(pairs)} pairs' own ratios "
+        f"{min(pairs):.3f}x to {max(pairs):.3f}x, median {statistics.median(pairs):.3f}x; "
+        f"server CPU {cpu_off:.2f} µs per delivery off, {cpu_on:.2f} on"
+        + (f" ({cpu_on / cpu_off - 1:+.1%})" if cpu_off else "")
+        + "; runs off "
+        + ", ".join(f"{rate / 1000:.0f}k" for rate in off.rates)
+        + "; on "
+        + ", ".join(f"{rate / 1000:.0f}k" for rate in on.rates)
+        + f"; other processes took {others[0]:.0%} to {others[-1]:.0%} of a CPU during "
+        f"the runs (median {statistics.median(others):.0%})."
+    )
+    return True
+
+
+async def _log_memory(ctx: Context) -> None:
+    """S7: bytes per event the in-memory recovery log keeps, measured in a fresh
+    process (``recovery_memory.py``) for each payload size."""
+    sizes = ctx.sizes
+    results = ctx.results
+    details = results.details.setdefault("S7", [])
+    for size in sizes.fanout_sizes:
+        measure = results.measure(
+            f"S7-log-bytes-{size}",
+            "S7",
+            f"S7 memory per event kept by the recovery log, {_bytes(size)} payload",
+            "B",
+            higher_is_better=False,
+            only=("A",),
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(RECOVERY_MEMORY),
+            "--size",
+            str(size),
+            "--entries",
+            str(sizes.log_entries),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 300)
+        if process.returncode != 0:
+            results.errors.append(f"recovery_memory.py failed: {err.decode()[-500:]}")
+            continue
+        found = json.loads(out)
+        measure.values["A"] = found["heap_bytes"]
+        details.append(
+            f"- S7 recovery log, {_bytes(size)} payload, {sizes.log_entries:,} events kept "
+            f"by a `MemoryRecoveryStore` in a fresh process: {found['heap_bytes']:,.0f} B "
+            f"of Python heap per event (tracemalloc; RSS: {found['rss_bytes']:,.0f} B), "
+            f"of which {found['frame_bytes']:,.0f} B are the encoded frame's characters "
+            f"and {found['heap_bytes'] - found['frame_bytes']:,.0f} B the entry around it; "
+            f"taking an offset and appending the entry took {found['append_us']:.2f} µs "
+            f"per event ({1000 * found['append_us'] / sizes.fanout_clients:.1f} ns per "
+            f"delivery at {sizes.fanout_clients:,} recipients)."
+        )
+
+
+def _heap_growth(before: Path, after: Path, per: int) -> tuple[float, dict[str, float]]:
+    """Bytes of Python heap grown from snapshot ``before`` to ``after`` per ``per``,
+    in all and by line."""
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    first = tracemalloc.Snapshot.load(str(before)).filter_traces(ignore)
+    second = tracemalloc.Snapshot.load(str(after)).filter_traces(ignore)
+    total = sum(stat.size_diff for stat in second.compare_to(first, "filename")) / per
+    lines = {
+        _short_frame(str(stat.traceback[0])): stat.size_diff / per
+        for stat in second.compare_to(first, "lineno")
+    }
+    return total, lines
+
+
+async def _drop_sockets(
+    ctx: Context, spec: ServerSpec, server: ServerProcess, memory: MemoryProfiler
+) -> int:
+    """S7's parked-session measure on one server: snapshots before ``park_clients``
+    sockets connect and join a room, and with them connected; then they drop (their
+    websockets close under them, no DISCONNECT: with recovery on each is parked).
+    Returns how many connected."""
+    sizes = ctx.sizes
+    check = ctx.results.check("S7", spec.key)
+    async with LoadGenerator(server.url) as gen:
+        warmup = await _connect(gen, ctx, spec, 5, prefix="pw")
+        await call_all(
+            warmup, "bench:join", lambda index: "bench:all", within=CALL_TIMEOUT, check=_succeeded
+        )
+        await close_all(warmup)
+        await memory.snapshot(server)
+        clients = await _connect(gen, ctx, spec, sizes.park_clients, prefix="p")
+        try:
+            await call_all(
+                clients,
+                "bench:join",
+                lambda index: "bench:all",
+                within=CALL_TIMEOUT,
+                check=_succeeded,
+            )
+            check.expected += sizes.park_clients
+            check.received += len(clients)
+            await memory.snapshot(server)
+        finally:
+            await close_all(clients)
+    return len(clients)
+
+
+async def _parked_memory(ctx: Context, spec: ServerSpec, log_dir: Path) -> None:
+    """S7: what one parked session keeps on a gateway server. Two gateway servers
+    with tracemalloc, one with recovery on (a window of ``PARK_WINDOW``), one
+    without: on each ``park_clients`` sockets connect, join a room and drop (see
+    :func:`_drop_sockets`), and a last snapshot is taken ``park_settle`` after the
+    drops. The server without recovery tells what dropped sockets leave behind
+    anyway (tables that do not shrink, caches); the difference is what parking keeps."""
+    sizes = ctx.sizes
+    results = ctx.results
+    measure = results.measure(
+        "S7-parked",
+        "S7",
+        "S7 memory per parked session (dropped socket kept for recovery)",
+        "KB",
+        higher_is_better=False,
+        only=("A",),
+    )
+    found: dict[str, tuple[float, float, dict[str, float]]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        tracing: list[tuple[str, ServerProcess, MemoryProfiler, int]] = []
+        for state in ("on", "off"):
+            memory = MemoryProfiler(log_dir)
+            env = dict(memory.env)
+            if state == "on":
+                env["BENCH_RECOVERY"] = f"{PARK_WINDOW:g}"
+            server = await stack.enter_async_context(
+                ServerProcess(spec, ctx.tokens.secret, log_dir, env)
+            )
+            dropped = await _drop_sockets(ctx, spec, server, memory)
+            tracing.append((state, server, memory, dropped))
+        await asyncio.sleep(sizes.park_settle)
+        for state, server, memory, dropped in tracing:
+            await memory.snapshot(server)
+            first, connected, settled = memory.snapshots
+            per_socket, _ = _heap_growth(first, connected, dropped)
+            left, lines = _heap_growth(first, settled, dropped)
+            found[state] = (per_socket, left, lines)
+    on_socket, on_left, on_lines = found["on"]
+    _, off_left, off_lines = found["off"]
+    measure.values["A"] = (on_left - off_left) / 1024
+    kept = sorted(
+        ((where, size - off_lines.get(where, 0.0)) for where, size in on_lines.items()),
+        key=lambda item: -item[1],
+    )
+    results.details.setdefault("S7", []).append(
+        f"- S7 parked sessions: {sizes.park_clients:,} sockets joined `bench:all` and then "
+        f"dropped, on a gateway server with recovery on ({PARK_WINDOW:g} s window) and on "
+        f"one without; Python heap (tracemalloc) {sizes.park_settle:g} s after the drops "
+        "(python-engineio's ping task keeps a closed socket until its next ping) against "
+        f"before the connects: {on_left / 1024:.2f} KB per dropped socket with recovery, "
+        f"{off_left / 1024:.2f} KB without (what dropped sockets leave anyway), so "
+        f"{(on_left - off_left) / 1024:.2f} KB per parked session (a connected socket "
+        f"held {on_socket / 1024:.1f} KB). The lines that keep most for a parked session "
+        "(with minus without), per session: "
+        + "; ".join(f"`{where}` {size:,.0f} B" for where, size in kept[:8] if size > 0)
+        + "."
+    )
+
+
 async def scenario_soak(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
     """SOAK: the gateway under churn with a slow reader and a flooder (``soak.py``)."""
     soak = Soak(ctx.soak, server.url, lambda user: ctx.tokens.token(spec.auth, user))
@@ -1406,9 +1808,11 @@ SCENARIOS: dict[str, Scenario] = {
     "S4": scenario_memory,
     "S5": scenario_rooms,
     "S6": scenario_storm,
+    "S7": scenario_recovery,
     "SOAK": scenario_soak,
 }
-SCENARIO_SERVERS = {"S6": ("A",), "SOAK": ("A",)}  # the scenarios that run on some servers only
+# The scenarios that run on some servers only.
+SCENARIO_SERVERS = {"S6": ("A",), "S7": ("A",), "SOAK": ("A",)}
 SCENARIO_ENV = {  # for the gateway server, by scenario
     "S6": {"BENCH_GC_LOG": "1"},
     "SOAK": {"BENCH_SOAK": "1"},
@@ -1421,6 +1825,8 @@ TARGET_SCENARIO = {
     "S4": "S4",
     "S4-timers": "S4",
     "S6-ratio": "S6",
+    "S7-ratio-100": "S7",
+    "S7-ratio-1024": "S7",
 }
 
 
@@ -1542,6 +1948,10 @@ async def profile_missed(
         elif py_spy is None:
             results.errors.append(f"py-spy is not installed: no profile of {name}")
             continue
+        elif name == "S7":
+            print("profiling both gateway servers under S7 ...", flush=True)
+            ctx.profiler = results.profiles["S7 recovery on"] = Profiler(py_spy, log_dir)
+            ctx.baseline_profiler = results.profiles["S7 recovery off"] = Profiler(py_spy, log_dir)
         else:
             print(f"profiling the gateway under {name} ...", flush=True)
             ctx.profiler = results.profiles[name] = Profiler(py_spy, log_dir)
@@ -1570,6 +1980,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f}"
     if unit == "x":
         return f"{value:.2f}x"
+    if unit == "B":
+        return f"{value:,.0f}"
     return f"{value:.1f}"
 
 
@@ -1713,7 +2125,7 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
         "",
         *[line for name in SCENARIOS for line in results.details.get(name, [])],
         *([""] if results.details else []),
-        "### Where the time went (S1, S5)",
+        "### Where the time went (S1, S5, S7)",
         "",
         "Server CPU time per delivery during the measured runs, how busy the load "
         "generator's own process was meanwhile (near 100% would mean the figure is "
@@ -1763,7 +2175,7 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
             if check is None:
                 cells.append("-")
                 continue
-            verdict = "in order" if check.ok and name in ("S1", "S5") else "ok"
+            verdict = "in order" if check.ok and name in ("S1", "S5", "S7") else "ok"
             cells.append(
                 f"{check.received:,}/{check.expected:,} {verdict if check.ok else 'FAILED'}"
             )
@@ -1800,6 +2212,7 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
                 lines += [f"- {share:.1f}% `{frame}`" for frame, share in own]
                 lines += ["", "Including callees (event-loop plumbing left out):", ""]
                 lines += [f"- {share:.1f}% `{frame}`" for frame, share in inclusive]
+        lines += _recovery_profile(results.profiles)
     memory = results.memory_profile
     if memory is not None:
         lines += ["", "### S4 (memory, tracemalloc)", ""]
@@ -1827,6 +2240,46 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
         lines += ["", "## Errors", ""]
         lines += [f"- {error}" for error in results.errors]
     return "\n".join(lines) + "\n"
+
+
+RECOVERY_CODE = (
+    "realtime_gateway/_recovery.py",
+    "realtime_gateway/_recover.py",
+    "realtime_gateway._recovery.",  # attrs' generated methods
+)
+
+
+def _recovery_profile(profiles: dict[str, Profiler]) -> list[str]:
+    """S7's two profiles compared: both servers delivered the same messages and
+    py-spy counts busy samples only, so sample counts compare as time."""
+    on, off = profiles.get("S7 recovery on"), profiles.get("S7 recovery off")
+    if on is None or off is None or not on.samples or not off.samples:
+        return []
+    total_on, total_off = sum(on.samples.values()), sum(off.samples.values())
+    own_on, own_off = on.own(), off.own()
+    recovery = on.within(*RECOVERY_CODE)
+    grown = sorted(
+        ((frame, count - own_off.get(frame, 0)) for frame, count in own_on.items()),
+        key=lambda item: -item[1],
+    )
+    lines = [
+        "",
+        "### S7 recovery on against off (py-spy samples)",
+        "",
+        "Both servers delivered the same messages while profiled, and only busy samples "
+        f"count: {total_on:,} samples with recovery on, {total_off:,} off "
+        f"({total_on / total_off:.3f}x). Samples in missed-message recovery's own code "
+        "(`_recovery.py`, `_recover.py`, `LogEntry`'s generated `__init__`; callees "
+        f"included) with recovery on: {recovery:,} ({100 * recovery / total_on:.2f}%). "
+        "The frames (own time) with the most samples more with recovery on:",
+        "",
+    ]
+    lines += [
+        f"- +{count:,} `{frame}` ({own_off.get(frame, 0):,} off, {own_on[frame]:,} on)"
+        for frame, count in grown[:8]
+        if count > 0
+    ]
+    return lines
 
 
 def as_json(results: Results) -> dict[str, Any]:

@@ -19,7 +19,10 @@ each pause of Python's cyclic garbage collector of 1 ms or more is written to st
 (``gc <unix time> <generation> <ms>``), for the harness to line up with latencies.
 With ``BENCH_SOAK`` set (the soak scenario), the gateway runs with its default
 limits (the per-connection rate limit included) and ``GET /bench/stats`` answers the
-server's own figures (see :func:`soak_stats`).
+server's own figures (see :func:`soak_stats`). With ``BENCH_RECOVERY=<seconds>``
+missed-message recovery is on (``GatewayConfig.recovery_window``, in memory): every
+room emit gets its offset as its last argument and goes into the recovery log, and
+a socket that drops is parked for that long.
 """
 
 from __future__ import annotations
@@ -118,7 +121,9 @@ class WithoutExpiry:
         return attrs.evolve(await self._inner.authenticate(handshake), expires_at=None)
 
 
-def make_gateway(secret: str, *, expiry: bool = True, soak: bool = False) -> Gateway:
+def make_gateway(
+    secret: str, *, expiry: bool = True, soak: bool = False, recovery: float | None = None
+) -> Gateway:
     authenticator: Authenticator = SignedTokenAuthenticator(
         [secret], salt=SALT, max_age=TOKEN_MAX_AGE
     )
@@ -128,9 +133,11 @@ def make_gateway(secret: str, *, expiry: bool = True, soak: bool = False) -> Gat
     # the per-address handshake budget: every load-generator client comes from one
     # address.
     config = (
-        GatewayConfig(shutdown_grace=0.5, handshake_rate=None)
+        GatewayConfig(shutdown_grace=0.5, handshake_rate=None, recovery_window=recovery)
         if soak
-        else GatewayConfig(rate_limit=None, handshake_rate=None, shutdown_grace=0.5)
+        else GatewayConfig(
+            rate_limit=None, handshake_rate=None, shutdown_grace=0.5, recovery_window=recovery
+        )
     )
     return Gateway(
         authenticator=authenticator,
@@ -246,7 +253,12 @@ def main() -> None:
         log_gc_pauses()
     expiry = os.environ.get("BENCH_EXPIRY", "on") != "off"
     soak = bool(os.environ.get("BENCH_SOAK"))
-    gateway = make_gateway(require_secret(args.secret), expiry=expiry, soak=soak)
+    window = os.environ.get("BENCH_RECOVERY")
+    try:
+        recovery = float(window) if window else None
+    except ValueError:
+        sys.exit("BENCH_RECOVERY must be a number of seconds")
+    gateway = make_gateway(require_secret(args.secret), expiry=expiry, soak=soak, recovery=recovery)
     asyncio.run(serve(gateway, args.port, soak=soak))
 
 

@@ -234,7 +234,7 @@ class GatewayConfig:
     argument. A recovery replays at most ``recovery_max_packets`` events, or none.
     Each namespace's log keeps the events of the window, at most
     ``recovery_log_events`` of them; in memory all logs together hold at most
-    ``recovery_log_bytes`` of encoded events (the oldest go first).
+    ``recovery_log_bytes`` (encoded events and their entries; the oldest go first).
     ``log_key``: the key of the user pseudonyms in log records (default: a random
     key per process); set it to correlate records across processes and restarts.
     ``log_repeat_limit``: at most this many records of one kind (``what``) at

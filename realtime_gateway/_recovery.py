@@ -35,6 +35,11 @@ _OFFSET = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 
 OffsetKey = tuple[int, int]
 
+# What a logged event holds besides its frames (the entry, its offset string and
+# tuples; measured by benchmarks/recovery_memory.py): counted by the byte bound, so
+# that small events cannot take the log past it.
+ENTRY_OVERHEAD = 264
+
 
 def offset_key(offset: object) -> OffsetKey | None:
     """The sort key of ``offset`` (``"17"`` or ``"1700000000000-3"``), ``None`` for
@@ -64,7 +69,7 @@ class LogEntry:
 
     @property
     def size(self) -> int:
-        """Bytes of its frames (what the log's byte bound counts)."""
+        """Bytes of its frames."""
         return sum(len(frame) for frame in self.frames)
 
     def reaches(self, rooms: frozenset[str] | set[str], sid: str) -> bool:
@@ -176,10 +181,10 @@ class MemoryRecoveryStore:
     """A :class:`RecoveryStore` in this process.
 
     Each namespace's log keeps the events of the last ``window`` seconds, and at
-    most ``max_events`` of them; all logs together hold at most ``max_bytes`` of
-    frames (the oldest go first). At most ``max_sessions`` dropped sockets are
-    kept (the oldest go first). The gateway's fan-out appends to it without
-    awaiting: :meth:`append` is synchronous.
+    most ``max_events`` of them; all logs together hold at most ``max_bytes``,
+    counting each event's frames and what its entry costs (the oldest go first).
+    At most ``max_sessions`` dropped sockets are kept (the oldest go first). The
+    gateway's fan-out appends to it without awaiting: :meth:`append` is synchronous.
     """
 
     def __init__(
@@ -215,7 +220,7 @@ class MemoryRecoveryStore:
         if log is None:
             log = self._logs[namespace] = _Log()
         log.entries.append(entry)
-        size = entry.size
+        size = entry.size + ENTRY_OVERHEAD
         log.size += size
         self._size += size
         self._trim(log, entry.at - self.window)
@@ -237,7 +242,7 @@ class MemoryRecoveryStore:
 
     def _drop_oldest(self, log: _Log) -> None:
         entry = log.entries.popleft()
-        size = entry.size
+        size = entry.size + ENTRY_OVERHEAD
         log.size -= size
         self._size -= size
         key = offset_key(entry.offset)
@@ -246,7 +251,7 @@ class MemoryRecoveryStore:
 
     @property
     def size(self) -> int:
-        """Bytes of frames held, in all logs."""
+        """Bytes held, in all logs (frames and entries)."""
         return self._size
 
     def __len__(self) -> int:

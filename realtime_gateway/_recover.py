@@ -24,10 +24,12 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from engineio import packet as eio_packet
 
 from ._engine import SizedPacket
 from ._exceptions import GatewayError
+from ._identity import Handshake
 from ._log import log
 from ._recovery import (
     LogEntry,
@@ -237,7 +239,10 @@ class Recovery:
         pid = session.pid
         await self._store_call(self.store.park(session, self.window))
         self._unpark(pid)
-        self._parked[pid] = (namespace, conn, gone)
+        # Kept for the departures' announcement; without its handshake (headers,
+        # cookies), which nothing needs any more and which holds credentials.
+        kept = attrs.evolve(conn, handshake=Handshake(namespace=conn.namespace))
+        self._parked[pid] = (namespace, kept, gone)
         loop = asyncio.get_running_loop()
         self._timers[pid] = loop.call_later(self.window, self._window_ended, pid)
         limit = getattr(self.store, "max_sessions", 10_000)

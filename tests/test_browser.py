@@ -223,7 +223,7 @@ async def clinic_metrics(url: str) -> dict[str, Any]:
         ) as response,
     ):
         assert response.status == 200
-        metrics: dict[str, Any] = (await response.json())["metrics"]
+        metrics: dict[str, Any] = (await response.json())["data"]["metrics"]
         return metrics
 
 

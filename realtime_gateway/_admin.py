@@ -7,6 +7,10 @@ in Starlette or FastAPI. Callers authenticate with the gateway's authenticator
 (bearer token or session cookie); every endpoint but ``/health`` needs the
 authorizer to allow action ``admin`` on the route (``/user/{userId}/status`` is
 also open to that user).
+
+Bodies are those of the Node service the library replaces: ``{"success": true,
+"data": {...}}`` (actions add a ``message`` saying what was done, without ids) and
+``{"success": false, "error": "...", "code": "..."}``; times are epoch milliseconds.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from aiohttp import web
 
+from ._clock import epoch_ms
 from ._exceptions import (
     AuthenticationFailed,
     AuthFailureReason,
@@ -70,6 +75,32 @@ class AdminResponse:
         if isinstance(self.body, str):
             return self.body.encode()
         return json.dumps(self.body, separators=(",", ":")).encode()
+
+
+def _ok(data: Mapping[str, Any], message: str | None = None) -> AdminResponse:
+    body: dict[str, Any] = {"success": True}
+    if message is not None:
+        body["message"] = message
+    body["data"] = data
+    return AdminResponse(200, body)
+
+
+def _total(counts: object) -> int:
+    return sum(counts.values()) if isinstance(counts, Mapping) else 0
+
+
+# What /health reports for each lifecycle state of the gateway.
+_HEALTH = {
+    "running": "healthy",
+    "not_mounted": "not_initialized",
+    "stopped": "not_initialized",
+}
+_UNHEALTHY = {
+    "not_mounted": "The gateway is not mounted",
+    "stopped": "The gateway has stopped",
+    "draining": "The gateway is shutting down",
+    "degraded": "The gateway has lost its cluster",
+}
 
 
 def _error(error: GatewayError, status: int | None = None) -> AdminResponse:
@@ -256,27 +287,45 @@ class AdminAPI:
     async def _health(self, call: _Call) -> AdminResponse:
         gateway = self.gateway
         state = gateway.state
-        running = state == "running"
         users = await gateway.registry.users() if state != "not_mounted" else frozenset()
-        if running and gateway.degraded:
-            running, state = False, "degraded"
-        return AdminResponse(
-            200 if running else 503,
-            {
-                "status": "ok" if running else state,
-                "initialized": state != "not_mounted",
-                "activeConnections": len(gateway.connections),
-                "connectedUsers": len(users),
-            },
-        )
+        if state == "running" and gateway.degraded:
+            state = "degraded"
+        status = _HEALTH.get(state, state)
+        data = {
+            "status": status,
+            "state": state,
+            "initialized": state in ("running", "degraded", "draining"),
+            "activeConnections": len(gateway.connections),
+            "connectedUsers": len(users),
+            "timestamp": epoch_ms(),
+        }
+        if status == "healthy":
+            return _ok(data)
+        # A failure envelope that still carries the figures a monitor reads.
+        error = {"success": False, "error": _UNHEALTHY.get(state, "Not running")}
+        return AdminResponse(503, {**error, "code": "unavailable", "data": data})
 
     async def _metrics(self, call: _Call) -> AdminResponse:
-        body: dict[str, Any] = {"success": True, "metrics": await self.gateway.stats()}
+        own = await self.gateway.stats()
         cluster = await self.gateway.cluster_stats()
+        # With a cluster, the summary is the whole service's, as one Node process was.
+        figures = own if cluster is None else cluster["total"]
+        data: dict[str, Any] = {
+            "connections": {
+                "total": figures.get("connections_total", 0),
+                "active": figures.get("connections_active", 0),
+                "uniqueUsers": figures.get("users_connected", 0),
+            },
+            "authentication": {"failures": _total(figures.get("auth_failures"))},
+            "messages": {"total": _total(figures.get("events_received"))},
+            "reconnections": figures.get("reconnections", 0),
+            "timestamp": epoch_ms(),
+            "metrics": own,
+        }
         if cluster is not None:
-            body["process"] = self.gateway.process
-            body["cluster"] = cluster
-        return AdminResponse(200, body)
+            data["process"] = self.gateway.process
+            data["cluster"] = cluster
+        return _ok(data)
 
     async def _prometheus(self, call: _Call) -> AdminResponse:
         try:
@@ -295,26 +344,18 @@ class AdminAPI:
 
     async def _connections(self, call: _Call) -> AdminResponse:
         infos = await self.gateway.registry.connections()
-        return AdminResponse(
-            200,
-            {
-                "success": True,
-                "count": len(infos),
-                "connections": [info.to_json() for info in infos],
-            },
-        )
+        return _ok({"count": len(infos), "connections": [info.to_json() for info in infos]})
 
     async def _user_status(self, call: _Call) -> AdminResponse:
         user_id = call.params["userId"]
         sockets = await self.gateway.user_sockets(user_id)
-        return AdminResponse(
-            200,
+        return _ok(
             {
-                "success": True,
                 "userId": user_id,
-                "connected": bool(sockets),
+                "isConnected": bool(sockets),
+                "connectionCount": len(sockets),
                 "sockets": [info.to_json() for info in sockets],
-            },
+            }
         )
 
     async def _broadcast(self, call: _Call) -> AdminResponse:
@@ -325,17 +366,20 @@ class AdminAPI:
         room = _optional_text(body, "room")
         if room is None:
             await self.gateway.broadcast(event, data, namespace=namespace)
+            message = "Event broadcast to the namespace"
         else:
             await self.gateway.emit_to_room(room, event, data, namespace=namespace)
-        return AdminResponse(
-            200, {"success": True, "event": event, "namespace": namespace, "room": room}
-        )
+            message = "Event sent to the room"
+        return _ok({"event": event, "namespace": namespace, "room": room}, message)
 
     async def _notify_user(self, call: _Call) -> AdminResponse:
         user_id = call.params["userId"]
         note = await self.gateway.notify_user(user_id, **_notification_fields(call.body))
         connected = await self.gateway.is_user_connected(user_id)
-        return AdminResponse(200, {"success": True, "notification": note, "delivered": connected})
+        return _ok(
+            {"userId": user_id, "notification": note, "delivered": connected},
+            "Notification sent to the user",
+        )
 
     async def _notify_role(self, call: _Call) -> AdminResponse:
         role = call.params["role"]
@@ -344,32 +388,28 @@ class AdminAPI:
                 f"Unknown role (known: {', '.join(sorted(self.roles))})", field="role"
             )
         note = await self.gateway.notify_role(role, **_notification_fields(call.body))
-        return AdminResponse(200, {"success": True, "notification": note})
+        return _ok({"role": role, "notification": note}, "Notification sent to the role")
 
     async def _disconnect_socket(self, call: _Call) -> AdminResponse:
         sid = call.params["socketId"]
         if not await self.gateway.disconnect_socket(sid):
             raise NotFound("No such socket")
-        return AdminResponse(200, {"success": True, "socketId": sid})
+        return _ok({"socketId": sid, "disconnected": 1}, "Socket disconnected")
 
     async def _disconnect_user(self, call: _Call) -> AdminResponse:
         user_id = call.params["userId"]
         count = await self.gateway.disconnect_user(user_id)
         if not count:
             raise NotFound("The user has no connected sockets")
-        return AdminResponse(200, {"success": True, "userId": user_id, "disconnected": count})
+        return _ok({"userId": user_id, "disconnected": count}, "User's sockets disconnected")
 
     async def _revoke_session(self, call: _Call) -> AdminResponse:
         count = await self.gateway.revoke_session(call.params["sessionId"])
-        return AdminResponse(
-            200,
-            {"success": True, "message": "Session revoked", "data": {"disconnected": count}},
-        )
+        return _ok({"disconnected": count}, "Session revoked")
 
     async def _revoke_user(self, call: _Call) -> AdminResponse:
         count = await self.gateway.revoke_user(call.params["userId"])
-        body = {"success": True, "message": "User's sessions revoked"}
-        return AdminResponse(200, {**body, "data": {"disconnected": count}})
+        return _ok({"disconnected": count}, "User's sessions revoked")
 
     # -- adapters ------------------------------------------------------------------
 

@@ -524,7 +524,7 @@ class Gateway:
         self, grace: float | None = None, *, message: str = "The server is shutting down"
     ) -> None:
         """Shut down gracefully: refuse new connections, send every socket in every
-        namespace ``server:shutdown`` ``{message, timestamp}``, wait up to ``grace``
+        namespace ``server:shutdown`` ``{message, timestamp}`` (epoch ms), wait up to ``grace``
         seconds (default ``config.shutdown_grace``) for clients to leave, then
         disconnect the rest. Afterwards the registry holds none of this gateway's
         sockets. Calling it again waits for the first call to finish."""
@@ -604,8 +604,9 @@ class Gateway:
         data: Mapping[str, Any] | None = None,
         namespace: str = "/notifications",
     ) -> dict[str, Any]:
-        """Send a ``notification`` ``{id, type, title, message, data, timestamp}`` to
-        every socket of ``user_id`` in ``namespace``; returns the notification."""
+        """Send a ``notification`` ``{id, type, title, message, data, timestamp}``
+        (``timestamp`` in epoch milliseconds) to every socket of ``user_id`` in
+        ``namespace``; returns the notification."""
         _require_text(user_id, "userId")
         note = make_notification(title, message, type=type, data=data)
         await self._emit(
@@ -641,9 +642,9 @@ class Gateway:
         *,
         namespace: str = "/updates",
     ) -> dict[str, Any]:
-        """Send ``{type}:update`` ``{{type}Id, updateType, data, timestamp}`` to the
-        subscribers of that resource in ``namespace`` (an :class:`UpdatesNamespace`);
-        returns the update."""
+        """Send ``{type}:update`` ``{{type}Id, updateType, data, timestamp}``
+        (``timestamp`` in epoch milliseconds) to the subscribers of that resource in
+        ``namespace`` (an :class:`UpdatesNamespace`); returns the update."""
         updates = self._namespaces.get(namespace)
         if not isinstance(updates, UpdatePublisher):
             raise NotFound(f"No updates namespace at {namespace}")

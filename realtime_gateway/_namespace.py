@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_chec
 import attrs
 import socketio
 
-from ._clock import iso_timestamp
+from ._clock import epoch_ms
 from ._connection import Connection
 from ._denials import DenialSummary
 from ._exceptions import (
@@ -398,7 +398,7 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 "room": room,
                 "userId": conn.identity.user_id,
                 "userName": conn.identity.name,
-                "timestamp": iso_timestamp(),
+                "timestamp": epoch_ms(),
             },
             room=room,
             skip_sid=conn.sid,

@@ -146,7 +146,7 @@ def _resource_ref(payload: object) -> tuple[str, str]:
                 raise InvalidPayload(f"Missing field '{field}'", field=field)
         kind, resource_id = payload["resourceType"], payload["resourceId"]
     else:
-        raise InvalidPayload("Payload must be {resourceType, resourceId}")
+        raise InvalidPayload("Send (resourceType, resourceId) as two arguments")
     if not isinstance(kind, str) or not _RESOURCE_TYPE.fullmatch(kind):
         raise InvalidPayload("'resourceType' must be a resource type", field="resourceType")
     return kind, _to_id("resourceId", resource_id)
@@ -162,7 +162,7 @@ class MainNamespace(GatewayNamespace):
     """``/``: a welcome event, ``ping``, rooms and free-form messages.
 
     On connect the client gets ``connected`` ``{socketId, userId, timestamp,
-    serverTime}`` (``timestamp`` ISO 8601, ``serverTime`` epoch milliseconds).
+    serverTime}`` (``timestamp`` epoch milliseconds, ``serverTime`` ISO 8601).
     ``join:room`` asks the authorizer for ``join`` on the room name. ``message``
     (an object) is passed to ``on_message(conn, data)``, whose returned mapping, if
     any, is added to the ``{success, messageId, receivedAt}`` acknowledgement.
@@ -181,8 +181,8 @@ class MainNamespace(GatewayNamespace):
             {
                 "socketId": conn.sid,
                 "userId": conn.identity.user_id,
-                "timestamp": iso_timestamp(),
-                "serverTime": epoch_ms(),
+                "timestamp": epoch_ms(),
+                "serverTime": iso_timestamp(),
             },
             to=conn.sid,
             namespace=self.namespace,
@@ -190,8 +190,8 @@ class MainNamespace(GatewayNamespace):
 
     @event("ping")
     async def ping(self, conn: Connection, payload: object) -> dict[str, Any]:
-        """Answer ``{status: "pong", timestamp}``."""
-        return {"status": "pong", "timestamp": iso_timestamp()}
+        """Answer ``{status: "pong", timestamp}`` (epoch milliseconds)."""
+        return {"status": "pong", "timestamp": epoch_ms()}
 
     @event("join:room", payload=_room_name)
     async def join_room(self, conn: Connection, room: str) -> dict[str, Any]:
@@ -208,7 +208,7 @@ class MainNamespace(GatewayNamespace):
     @event("message", payload=dict)
     async def message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         """Hand ``data`` to ``on_message`` and acknowledge it with an id."""
-        ack: dict[str, Any] = {"messageId": str(uuid.uuid4()), "receivedAt": iso_timestamp()}
+        ack: dict[str, Any] = {"messageId": str(uuid.uuid4()), "receivedAt": epoch_ms()}
         if self.on_message is not None:
             ack.update(await self.on_message(conn, data) or {})
         return ack
@@ -349,7 +349,7 @@ class ChatNamespace(GatewayNamespace):
             "senderName": conn.identity.name,
             "content": incoming.content,
             "type": incoming.type,
-            "timestamp": iso_timestamp(),
+            "timestamp": epoch_ms(),
         }
         if self.on_message is not None:
             await self.on_message(conn, message)
@@ -376,7 +376,7 @@ class ChatNamespace(GatewayNamespace):
                 "userId": conn.identity.user_id,
                 "userName": conn.identity.name,
                 "conversationId": room.partition(":")[2],
-                "timestamp": iso_timestamp(),
+                "timestamp": epoch_ms(),
             },
             to=room,
             skip_sid=conn.sid,
@@ -418,9 +418,10 @@ class UpdatesNamespace(GatewayNamespace):
     For each type in ``resource_types`` (reference: ``patient``, ``encounter``) a
     client sends ``subscribe:{type}`` with an id, allowed when the authorizer
     allows ``subscribe`` on room ``{type}:{id}`` (the permission each type needs is
-    the rule set's business), and leaves with ``unsubscribe``
-    ``{resourceType, resourceId}``. :meth:`Gateway.publish_update` sends
-    ``{type}:update`` ``{{type}Id, updateType, data, timestamp}`` to the subscribers.
+    the rule set's business; the ack is ``{success, {type}Id}``), and leaves with
+    ``unsubscribe`` sent as two arguments ``(resourceType, resourceId)`` (ack
+    ``{success, room}``). :meth:`Gateway.publish_update` sends ``{type}:update``
+    ``{{type}Id, updateType, data, timestamp}`` (epoch milliseconds) to the subscribers.
     """
 
     def __init__(
@@ -449,15 +450,17 @@ class UpdatesNamespace(GatewayNamespace):
         self, resource_type: str, conn: Connection, resource_id: str
     ) -> dict[str, Any]:
         await self.join(conn, self.resource_room(resource_type, resource_id), action="subscribe")
-        return {"resourceType": resource_type, "resourceId": resource_id}
+        return {f"{resource_type}Id": resource_id}
 
     @event("unsubscribe", payload=_resource_ref)
     async def unsubscribe(self, conn: Connection, ref: tuple[str, str]) -> dict[str, Any]:
-        """Stop receiving one resource's updates."""
+        """Stop receiving one resource's updates: ``(resourceType, resourceId)`` as
+        two arguments (or one ``{resourceType, resourceId}`` object); acks ``{room}``."""
         resource_type, resource_id = ref
         self._check_type(resource_type)
-        await self.leave(conn, self.resource_room(resource_type, resource_id))
-        return {"resourceType": resource_type, "resourceId": resource_id}
+        room = self.resource_room(resource_type, resource_id)
+        await self.leave(conn, room)
+        return {"room": room}
 
     def update(
         self, resource_type: str, resource_id: str | int, update_type: str, data: Any
@@ -472,7 +475,7 @@ class UpdatesNamespace(GatewayNamespace):
             f"{resource_type}Id": resource_id,
             "updateType": update_type,
             "data": data if data is not None else {},
-            "timestamp": iso_timestamp(),
+            "timestamp": epoch_ms(),
         }
         return f"{resource_type}:update", self.resource_room(resource_type, resource_id), payload
 

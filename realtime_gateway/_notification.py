@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ._clock import iso_timestamp
+from ._clock import epoch_ms
 from ._exceptions import InvalidPayload
 
 __all__ = ["NOTIFICATION_TYPES", "make_notification"]
@@ -39,5 +39,5 @@ def make_notification(
         "title": title,
         "message": message,
         "data": dict(data or {}),
-        "timestamp": iso_timestamp(),
+        "timestamp": epoch_ms(),
     }

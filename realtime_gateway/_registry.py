@@ -40,15 +40,19 @@ class ConnectionInfo:
         return self.identity.user_id
 
     def to_json(self) -> dict[str, Any]:
-        """The snapshot as JSON data, in the wire protocol's camelCase."""
+        """The snapshot as JSON data, in the wire protocol's camelCase: ``role`` is
+        the first role in sorted order (``None`` without roles), ``roles`` all of
+        them; ``connectedAt`` and ``lastActivity`` are epoch milliseconds."""
+        roles = sorted(self.identity.roles)
         return {
             "socketId": self.sid,
             "namespace": self.namespace,
             "userId": self.identity.user_id,
-            "roles": sorted(self.identity.roles),
+            "role": roles[0] if roles else None,
+            "roles": roles,
             "rooms": sorted(self.rooms),
-            "connectedAt": self.connected_at,
-            "lastActivity": self.last_activity,
+            "connectedAt": round(self.connected_at * 1000),
+            "lastActivity": round(self.last_activity * 1000),
             **({"process": self.process} if self.process is not None else {}),
         }
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ._clock import iso_timestamp
+from ._clock import epoch_ms
 from ._log import log
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ async def drain(gateway: Gateway, grace: float, message: str) -> None:
     started = time.monotonic()
     log(logging.INFO, "shutdown_started", connections=len(gateway._live), grace_s=grace)
     try:
-        notice = {"message": message, "timestamp": iso_timestamp()}
+        notice = {"message": message, "timestamp": epoch_ms()}
         for namespace in gateway.namespaces:
             await gateway.server.emit("server:shutdown", notice, namespace=namespace)
         deadline = started + grace

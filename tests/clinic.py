@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -133,9 +134,17 @@ def assert_iso_utc(value: object) -> None:
     assert abs((dt.datetime.now(dt.UTC) - moment).total_seconds()) < 60
 
 
+def assert_epoch_ms(value: object) -> None:
+    """Epoch milliseconds (an integer, as JavaScript's ``Date.now()``), within a
+    minute of now."""
+    assert isinstance(value, int)
+    assert not isinstance(value, bool)
+    assert abs(time.time() * 1000 - value) < 60_000, value
+
+
 def without_timestamp(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """``payload`` minus its (checked) ``timestamp``."""
-    assert_iso_utc(payload["timestamp"])
+    """``payload`` minus its (checked, epoch milliseconds) ``timestamp``."""
+    assert_epoch_ms(payload["timestamp"])
     return {key: value for key, value in payload.items() if key != "timestamp"}
 
 

@@ -29,7 +29,15 @@ from realtime_gateway import (
     SignedTokenAuthenticator,
 )
 
-from .clinic import NAMESPACES, USERS, Inbox, clinic_gateway, connect_as
+from .clinic import (
+    NAMESPACES,
+    USERS,
+    Inbox,
+    assert_epoch_ms,
+    clinic_gateway,
+    connect_as,
+    without_timestamp,
+)
 from .conftest import Clients, RunningServer, call, quick_config, until
 
 FOREIGN_ORIGIN = "https://evil.example"
@@ -50,6 +58,13 @@ class Reply:
     @property
     def json(self) -> Any:
         return json.loads(self.text)
+
+    @property
+    def data(self) -> Any:
+        """The ``data`` of a ``{success, data}`` body."""
+        body = self.json
+        assert set(body) >= {"success", "data"}, body
+        return body["data"]
 
     @property
     def envelope(self) -> dict[str, Any]:
@@ -171,6 +186,19 @@ def error_envelope(reply: Reply) -> dict[str, Any]:
     return body
 
 
+def action_data(reply: Reply, message: str) -> Any:
+    """The ``data`` of an action's ``{success: true, message, data}`` body, checking
+    the message."""
+    body = reply.json
+    assert (body["success"], body["message"]) == (True, message), body
+    return body["data"]
+
+
+def health_figures(reply: Reply) -> dict[str, Any]:
+    """The ``/health`` data minus its (checked, epoch milliseconds) ``timestamp``."""
+    return without_timestamp(reply.data)
+
+
 def titles(inbox: Inbox, namespace: str = "/notifications") -> list[str]:
     return [note["title"] for note in inbox.of("notification", namespace)]
 
@@ -186,8 +214,10 @@ async def test_health_is_public_and_reports_real_counts(
         empty = await api.get("/health")
         assert empty.status == 200, empty.text
         assert empty.mime == "application/json"
-        assert empty.json == {
-            "status": "ok",
+        assert empty.json["success"] is True
+        assert health_figures(empty) == {
+            "status": "healthy",
+            "state": "running",
             "initialized": True,
             "activeConnections": 0,
             "connectedUsers": 0,
@@ -200,8 +230,9 @@ async def test_health_is_public_and_reports_real_counts(
         )
         busy = await api.get("/health")
         assert busy.status == 200
-        assert busy.json == {
-            "status": "ok",
+        assert health_figures(busy) == {
+            "status": "healthy",
+            "state": "running",
             "initialized": True,
             "activeConnections": 9,
             "connectedUsers": 2,
@@ -210,8 +241,8 @@ async def test_health_is_public_and_reports_real_counts(
         assert (await api.get("/health", token="not-a-token")).status == 200
 
         await doctor.disconnect()
-        after = await api.poll("/health", lambda r: r.json["connectedUsers"] == 1)
-        assert after.json["activeConnections"] == 8
+        after = await api.poll("/health", lambda r: r.data["connectedUsers"] == 1)
+        assert after.data["activeConnections"] == 8
 
 
 async def test_health_answers_503_draining_during_shutdown_then_stopped(
@@ -225,10 +256,12 @@ async def test_health_answers_503_draining_during_shutdown_then_stopped(
         nurse, inbox = await connect_as(clients, server.url, tokens["nurse"], namespaces=["/"])
         shutting_down = asyncio.create_task(gateway.shutdown(grace=5))
         try:
-            draining = await api.poll("/health", lambda r: r.json["status"] != "ok")
+            draining = await api.poll("/health", lambda r: r.data["status"] != "healthy")
             assert draining.status == 503, draining.text
-            assert draining.json == {
+            assert error_envelope(draining)["code"] == "unavailable"
+            assert health_figures(draining) == {
                 "status": "draining",
+                "state": "draining",
                 "initialized": True,
                 "activeConnections": 1,
                 "connectedUsers": 1,
@@ -249,9 +282,11 @@ async def test_health_answers_503_draining_during_shutdown_then_stopped(
                 await shutting_down
         stopped = await api.get("/health")
         assert stopped.status == 503
-        assert stopped.json == {
-            "status": "stopped",
-            "initialized": True,
+        assert error_envelope(stopped)["code"] == "unavailable"
+        assert health_figures(stopped) == {
+            "status": "not_initialized",
+            "state": "stopped",
+            "initialized": False,
             "activeConnections": 0,
             "connectedUsers": 0,
         }
@@ -288,7 +323,14 @@ async def test_metrics_json_counts_the_scenario(
         reply = await api.get("/metrics", tokens["admin"])
         assert reply.status == 200, reply.text
         assert reply.json["success"] is True
-        metrics = reply.json["metrics"]
+        data = without_timestamp(reply.data)
+        assert {key: data[key] for key in ("connections", "authentication", "messages")} == {
+            "connections": {"total": 4, "active": 3, "uniqueUsers": 2},
+            "authentication": {"failures": 2},
+            "messages": {"total": 2},
+        }
+        assert data["reconnections"] == 1
+        metrics = data["metrics"]
         assert metrics["connections_total"] == 4
         assert metrics["connections_active"] == 3
         assert metrics["users_connected"] == 2
@@ -370,7 +412,7 @@ async def test_prometheus_counters_move_and_labels_stay_bounded(
         assert sample(after, "rtg_connections_active") == 5
 
         # No user id and no room name is a label value (or anywhere in the text).
-        connections = (await api.get("/connections", tokens["admin"])).json["connections"]
+        connections = (await api.get("/connections", tokens["admin"])).data["connections"]
         rooms = {room for entry in connections for room in entry["rooms"]}
         assert "patient:p-4711" in rooms
         secrets = rooms | {identity.user_id for identity in USERS.values()} | {"p-4711"}
@@ -416,14 +458,14 @@ async def test_connections_lists_every_socket(
     async with admin_server(clients, gateway, server_kind) as (server, api):
         empty = await api.get("/connections", tokens["admin"])
         assert empty.status == 200
-        assert empty.json == {"success": True, "count": 0, "connections": []}
+        assert empty.json == {"success": True, "data": {"count": 0, "connections": []}}
 
         nurse, _ = await connect_as(clients, server.url, tokens["nurse"])
         doctor, _ = await connect_as(clients, server.url, tokens["doctor"], namespaces=["/"])
         reply = await api.get("/connections", tokens["admin"])
         assert reply.status == 200, reply.text
-        body = reply.json
-        assert body["success"] is True
+        assert reply.json["success"] is True
+        body = reply.data
         assert body["count"] == 5
         by_sid = {entry["socketId"]: entry for entry in body["connections"]}
         expected = {nurse.get_sid(ns): ("u-nurse", ns) for ns in NAMESPACES}
@@ -433,6 +475,9 @@ async def test_connections_lists_every_socket(
         assert {"user:u-nurse", "role:nurse"} <= set(nurse_main["rooms"])
         assert "user:u-doctor" not in nurse_main["rooms"]
         assert {"user:u-doctor", "role:doctor"} <= set(by_sid[doctor.get_sid("/")]["rooms"])
+        assert (nurse_main["role"], nurse_main["roles"]) == ("nurse", ["nurse"])
+        assert_epoch_ms(nurse_main["connectedAt"])
+        assert_epoch_ms(nurse_main["lastActivity"])
 
 
 async def test_user_status_is_open_to_the_user_and_admins_only(
@@ -447,10 +492,10 @@ async def test_user_status_is_open_to_the_user_and_admins_only(
         for asker in ("nurse", "admin"):
             reply = await api.get("/user/u-nurse/status", tokens[asker])
             assert reply.status == 200, (asker, reply.text)
-            body = reply.json
-            assert body["success"] is True
+            assert reply.json["success"] is True
+            body = reply.data
             assert body["userId"] == "u-nurse"
-            assert body["connected"] is True
+            assert (body["isConnected"], body["connectionCount"]) == (True, len(NAMESPACES))
             assert {s["namespace"] for s in body["sockets"]} == set(NAMESPACES)
             assert {s["socketId"] for s in body["sockets"]} == {
                 nurse.get_sid(ns) for ns in NAMESPACES
@@ -467,9 +512,12 @@ async def test_user_status_is_open_to_the_user_and_admins_only(
             assert away.status == 200, (asker, away.text)
             assert away.json == {
                 "success": True,
-                "userId": "u-staff",
-                "connected": False,
-                "sockets": [],
+                "data": {
+                    "userId": "u-staff",
+                    "isConnected": False,
+                    "connectionCount": 0,
+                    "sockets": [],
+                },
             }
 
 
@@ -491,7 +539,11 @@ async def test_broadcast_reaches_the_namespace_or_only_the_room(
             "/broadcast", {"event": "news", "data": {"n": 1}}, tokens["admin"]
         )
         assert everyone.status == 200, everyone.text
-        assert everyone.json == {"success": True, "event": "news", "namespace": "/", "room": None}
+        assert action_data(everyone, "Event broadcast to the namespace") == {
+            "event": "news",
+            "namespace": "/",
+            "room": None,
+        }
         assert await nurse.wait("news") == [{"n": 1}]
         assert await doctor.wait("news") == [{"n": 1}]
 
@@ -506,8 +558,7 @@ async def test_broadcast_reaches_the_namespace_or_only_the_room(
             tokens["admin"],
         )
         assert ward.status == 200, ward.text
-        assert ward.json == {
-            "success": True,
+        assert action_data(ward, "Event sent to the room") == {
             "event": "ward",
             "namespace": "/notifications",
             "room": "role:nurse",
@@ -554,9 +605,8 @@ async def test_notify_user_reaches_every_socket_of_that_user_and_nobody_else(
             tokens["admin"],
         )
         assert reply.status == 200, reply.text
-        body = reply.json
-        assert body["success"] is True
-        assert body["delivered"] is True
+        body = action_data(reply, "Notification sent to the user")
+        assert (body["userId"], body["delivered"]) == ("u-nurse", True)
         note = body["notification"]
         assert {k: note[k] for k in ("type", "title", "message", "data")} == {
             "type": "warning",
@@ -576,7 +626,7 @@ async def test_notify_user_reaches_every_socket_of_that_user_and_nobody_else(
 
         away = await api.post("/notify/u-staff", {"title": "Later"}, tokens["admin"])
         assert away.status == 200
-        assert away.json["delivered"] is False
+        assert away.data["delivered"] is False
 
 
 async def test_notify_role_reaches_holders_of_the_role_only(
@@ -595,8 +645,8 @@ async def test_notify_role_reaches_holders_of_the_role_only(
             "/notify/role/nurse", {"title": "Handover", "type": "info"}, tokens["admin"]
         )
         assert reply.status == 200, reply.text
-        assert reply.json["success"] is True
-        assert reply.json["notification"]["title"] == "Handover"
+        body = action_data(reply, "Notification sent to the role")
+        assert (body["role"], body["notification"]["title"]) == ("nurse", "Handover")
         await nurse.wait("notification", "/notifications")
         assert titles(nurse) == ["Handover"]
 
@@ -646,12 +696,12 @@ async def test_disconnect_socket_drops_that_socket_only(
         sid = nurse.get_sid("/chat")
         reply = await api.delete(f"/disconnect/{sid}", tokens["admin"])
         assert reply.status == 200, reply.text
-        assert reply.json == {"success": True, "socketId": sid}
+        assert action_data(reply, "Socket disconnected") == {"socketId": sid, "disconnected": 1}
         await until(lambda: "/chat" not in nurse.namespaces)
         await until(lambda: sid not in gateway.connections)
         assert (await call(nurse, "ping"))["status"] == "pong"
         status = await api.get("/user/u-nurse/status", tokens["admin"])
-        assert {s["namespace"] for s in status.json["sockets"]} == set(NAMESPACES) - {"/chat"}
+        assert {s["namespace"] for s in status.data["sockets"]} == set(NAMESPACES) - {"/chat"}
 
         for unknown in (sid, "no-such-socket"):
             missing = await api.delete(f"/disconnect/{unknown}", tokens["admin"])
@@ -673,15 +723,18 @@ async def test_disconnect_user_drops_all_their_sockets_and_nobody_elses(
 
         reply = await api.delete("/disconnect/user/u-nurse", tokens["admin"])
         assert reply.status == 200, reply.text
-        assert reply.json == {"success": True, "userId": "u-nurse", "disconnected": 8}
+        assert action_data(reply, "User's sockets disconnected") == {
+            "userId": "u-nurse",
+            "disconnected": 8,
+        }
         await until(lambda: not first.connected and not second.connected)
         status = await api.get("/user/u-nurse/status", tokens["admin"])
-        assert status.json["connected"] is False
+        assert status.data["isConnected"] is False
 
         assert doctor.connected
         assert (await call(doctor, "ping"))["status"] == "pong"
         kept = await api.get("/user/u-doctor/status", tokens["admin"])
-        assert len(kept.json["sockets"]) == 4
+        assert kept.data["connectionCount"] == len(kept.data["sockets"]) == 4
 
         for user in ("u-nurse", "u-staff"):
             missing = await api.delete(f"/disconnect/user/{user}", tokens["admin"])
@@ -713,16 +766,16 @@ async def test_url_encoded_user_ids_are_decoded(
         for asker in (admin_token, token):  # an admin, and the user themselves
             status = await api.get("/user/u%201/status", asker)
             assert status.status == 200, status.text
-            assert status.json["userId"] == "u 1"
-            assert status.json["connected"] is True
+            assert status.data["userId"] == "u 1"
+            assert status.data["isConnected"] is True
         noted = await api.post("/notify/u%201", {"title": "Hi"}, admin_token)
         assert noted.status == 200, noted.text
-        assert noted.json["delivered"] is True
+        assert noted.data["delivered"] is True
         await inbox.wait("notification", "/notifications")
         dropped = await api.delete("/disconnect/user/u%201", admin_token)
         assert dropped.status == 200, dropped.text
-        assert dropped.json["userId"] == "u 1"
-        assert dropped.json["disconnected"] == 2
+        assert dropped.data["userId"] == "u 1"
+        assert dropped.data["disconnected"] == 2
         await until(lambda: not client.connected)
 
         for user_id, encoded in ENCODED_IDS.items():
@@ -730,8 +783,8 @@ async def test_url_encoded_user_ids_are_decoded(
             await connect_as(clients, server.url, own, namespaces=["/"])
             status = await api.get(f"/user/{encoded}/status", own)
             assert status.status == 200, (user_id, status.text)
-            assert status.json["userId"] == user_id
-            assert status.json["connected"] is True
+            assert status.data["userId"] == user_id
+            assert status.data["isConnected"] is True
 
 
 # -- 400: body validation ---------------------------------------------------------------
@@ -820,7 +873,7 @@ async def test_invalid_bodies_are_400_with_the_error_envelope(
         assert barrier.status == 200
         await nurse.wait("notification", "/notifications")
         assert titles(nurse) == ["barrier"]
-        metrics = (await api.get("/metrics", tokens["admin"])).json["metrics"]
+        metrics = (await api.get("/metrics", tokens["admin"])).data["metrics"]
         assert metrics["emits"] == {"notification": 1}
 
 
@@ -1000,7 +1053,7 @@ async def test_401_without_valid_credentials(
                 else:
                     error_envelope(reply)
         assert wrong == []
-        assert (await api.get("/user/u-nurse/status", tokens["admin"])).json["connected"] is True
+        assert (await api.get("/user/u-nurse/status", tokens["admin"])).data["isConnected"] is True
 
 
 async def test_403_for_a_non_admin_on_every_admin_endpoint(
@@ -1037,7 +1090,7 @@ async def test_403_for_a_non_admin_on_every_admin_endpoint(
         # Nothing happened: the doctor is connected everywhere and got only the barrier.
         assert doctor.connected
         status = await api.get("/user/u-doctor/status", tokens["admin"])
-        assert len(status.json["sockets"]) == 4
+        assert len(status.data["sockets"]) == 4
         barrier = await api.post("/notify/u-doctor", {"title": "barrier"}, tokens["admin"])
         assert barrier.status == 200
         await inbox.wait("notification", "/notifications")
@@ -1071,7 +1124,7 @@ async def test_a_session_cookie_counts_only_from_an_allowed_origin(
         for case, headers in accepted.items():
             reply = await api.get("/connections", headers=headers)
             assert reply.status == 200, (case, reply.text)
-            assert reply.json["count"] == 1
+            assert reply.data["count"] == 1
 
         for path, body in (("/connections", _NO_BODY), ("/broadcast", {"event": "news"})):
             method = "GET" if body is _NO_BODY else "POST"
@@ -1177,7 +1230,7 @@ async def test_admin_endpoints_are_503_after_shutdown(
         assert wrong == []
         health = await api.get("/health")
         assert health.status == 503
-        assert health.json["status"] == "stopped"
+        assert (health.data["status"], health.data["state"]) == ("not_initialized", "stopped")
 
 
 # -- the core, without a server ---------------------------------------------------------
@@ -1194,8 +1247,11 @@ async def test_handle_answers_503_until_the_gateway_is_mounted(
     admin = AdminAPI(gateway)
     health = await admin.handle("GET", "/health", headers={})
     assert health.status == 503
-    assert health.body == {
-        "status": "not_mounted",
+    assert isinstance(health.body, Mapping)
+    assert (health.body["success"], health.body["code"]) == (False, "unavailable")
+    assert without_timestamp(health.body["data"]) == {
+        "status": "not_initialized",
+        "state": "not_mounted",
         "initialized": False,
         "activeConnections": 0,
         "connectedUsers": 0,
@@ -1209,7 +1265,8 @@ async def test_handle_answers_503_until_the_gateway_is_mounted(
     mounted = await admin.handle("GET", "/health", headers={})
     assert mounted.status == 200
     assert isinstance(mounted.body, Mapping)
-    assert mounted.body["status"] == "ok"
+    assert mounted.body["success"] is True
+    assert mounted.body["data"]["status"] == "healthy"
 
 
 @pytest.fixture
@@ -1227,15 +1284,17 @@ async def test_handle_routes_notify_role_before_notify_user(
     role = await mounted.handle("POST", "/notify/role/nurse", headers=headers, body=body)
     assert role.status == 200
     assert isinstance(role.body, Mapping)
-    assert "delivered" not in role.body  # /notify/role/{role}
+    assert role.body["data"]["role"] == "nurse"  # /notify/role/{role}
+    assert "delivered" not in role.body["data"]
     user = await mounted.handle("POST", "/notify/nurse", headers=headers, body=body)
     assert user.status == 200
     assert isinstance(user.body, Mapping)
-    assert user.body["delivered"] is False  # /notify/{userId}
+    assert user.body["data"]["delivered"] is False  # /notify/{userId}
     # With no role segment, "role" is a user id like any other.
     bare = await mounted.handle("POST", "/notify/role", headers=headers, body=body)
     assert isinstance(bare.body, Mapping)
-    assert bare.body["delivered"] is False
+    assert bare.body["data"]["userId"] == "role"
+    assert bare.body["data"]["delivered"] is False
     assert mounted.gateway.metrics.emits == {"notification": 3}
 
 
@@ -1302,6 +1361,6 @@ async def test_a_custom_prefix_is_served_by_both_adapters(
     async with admin_server(clients, gateway, server_kind, admin) as (server, api):
         assert api.base == server.url + "/ops/rt"
         assert (await api.get("/health")).status == 200
-        assert (await api.get("/connections", tokens["admin"])).json["count"] == 0
+        assert (await api.get("/connections", tokens["admin"])).data["count"] == 0
         async with api.http.get(server.url + DEFAULT_ADMIN_PREFIX + "/health") as default:
             assert default.status == 404

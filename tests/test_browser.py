@@ -223,7 +223,7 @@ async def clinic_metrics(url: str) -> dict[str, Any]:
         ) as response,
     ):
         assert response.status == 200
-        metrics: dict[str, Any] = (await response.json())["metrics"]
+        metrics: dict[str, Any] = (await response.json())["data"]["metrics"]
         return metrics
 
 
@@ -305,6 +305,10 @@ async def scenario(users: Dashboards) -> None:
     assert seen is not None
     await expect(latest.locator("time")).not_to_have_attribute("datetime", seen)
     await expect(patient.get_by_test_id("update")).to_have_count(0)
+    # Stop sends unsubscribe as two arguments, (resourceType, resourceId).
+    await doctor.get_by_test_id("subscriptions").get_by_role("button", name="Stop").click()
+    await expect(doctor.get_by_test_id("updates-status")).to_have_text("Stopped p-1001.")
+    await expect(doctor.get_by_test_id("subscriptions")).to_be_empty()
 
     # Conversations have members: the staff user's chat is the billing desk.
     staff = await users.sign_in("staff", "u-staff")

@@ -171,12 +171,21 @@ class Cluster:
             answer: dict[str, Any] = await reply.json()
             return answer
 
-    async def admin(self, node: Node, method: str, path: str) -> tuple[int, dict[str, Any]]:
-        """Call ``node``'s admin API as the admin."""
+    async def admin_body(self, node: Node, method: str, path: str) -> tuple[int, dict[str, Any]]:
+        """Call ``node``'s admin API as the admin: the status and the whole body."""
         headers = {"Authorization": f"Bearer {self.admin_token}"}
         async with self.http.request(method, f"{node.url}{ADMIN}{path}", headers=headers) as reply:
             body: dict[str, Any] = await reply.json()
             return reply.status, body
+
+    async def admin(self, node: Node, method: str, path: str) -> tuple[int, dict[str, Any]]:
+        """Call ``node``'s admin API as the admin: the status and, on success, the
+        ``data`` of the ``{success, data}`` body (else the error body)."""
+        status, body = await self.admin_body(node, method, path)
+        if status == 200:
+            assert body["success"] is True, body
+            body = body["data"]
+        return status, body
 
     async def status(self, node: Node, user_id: str) -> dict[str, Any]:
         status, body = await self.admin(node, "GET", f"/user/{user_id}/status")
@@ -281,7 +290,7 @@ async def eventually(
 
 
 def disconnected(status: dict[str, Any]) -> bool:
-    return status["connected"] is False and status["sockets"] == []
+    return status["isConnected"] is False and status["sockets"] == []
 
 
 def sockets_of(status: dict[str, Any]) -> set[tuple[str, str, str]]:
@@ -364,7 +373,7 @@ async def test_presence_and_is_connected_agree_on_both_processes(cluster: Cluste
     for node in (a, b):
         for user_id, sockets in expected.items():
             status = await cluster.status(node, user_id)
-            assert status["connected"] is True, (node.label, user_id)
+            assert status["isConnected"] is True, (node.label, user_id)
             assert sockets_of(status) == sockets, (node.label, user_id)
         assert disconnected(await cluster.status(node, "u-patient"))
         code, health = await cluster.admin(node, "GET", "/health")
@@ -403,7 +412,7 @@ async def test_disconnect_user_on_a_drops_the_sockets_on_b(cluster: Cluster) -> 
     assert status == 404, body
     # Nobody else went: the doctor is connected, and reachable from A.
     assert (await call(doctor, "ping"))["status"] == "pong"
-    assert (await cluster.status(a, "u-doctor"))["connected"] is True
+    assert (await cluster.status(a, "u-doctor"))["isConnected"] is True
     await cluster.barrier("u-doctor", doctor_inbox)
 
     # One socket, by id, from A.
@@ -524,7 +533,7 @@ async def test_kill_9_of_b_leaves_a_clean_view_within_the_bound(
         for client in (staff, nurse, doctor):
             assert (await call(client, "join:conversation", "c1", "/chat"))["success"]
         await staff_inbox.wait("user:joined", "/chat", count=2)
-        assert (await cluster.status(a, "u-nurse"))["connected"] is True
+        assert (await cluster.status(a, "u-nurse"))["isConnected"] is True
         staff_sids = {staff.get_sid(ns) for ns in NAMESPACES}
 
         b.proc.kill()  # SIGKILL by pid: no goodbye, no disconnects
@@ -536,8 +545,8 @@ async def test_kill_9_of_b_leaves_a_clean_view_within_the_bound(
             doctor_status = await cluster.status(a, "u-doctor")
             _, listing = await cluster.admin(a, "GET", "/connections")
             clean = (
-                not nurse_status["connected"]
-                and not doctor_status["connected"]
+                not nurse_status["isConnected"]
+                and not doctor_status["isConnected"]
                 and {entry["socketId"] for entry in listing["connections"]} == staff_sids
             )
             elapsed = time.monotonic() - killed_at
@@ -584,7 +593,7 @@ async def test_redis_restart_mid_traffic(cluster: Cluster) -> None:
     assert (await call(staff, "join:conversation", "c1", "/chat"))["members"] == ["u-staff"]
     for node in (a, b):
         assert await cluster.health(node) == 200, node.label
-        assert (await cluster.status(node, "u-staff" if node is a else "u-nurse"))["connected"]
+        assert (await cluster.status(node, "u-staff" if node is a else "u-nurse"))["isConnected"]
 
     await asyncio.to_thread(cluster.redis.start)  # the same port, and empty
     # Cross-process delivery resumes once both have reconnected (with backoff).
@@ -637,7 +646,7 @@ async def test_a_socket_that_left_while_redis_was_down_is_gone_once_it_is_back(
     await cluster.subscribed(2)
     for client in (staff, nurse):
         assert (await call(client, "join:conversation", "c1", "/chat"))["success"]
-    assert (await cluster.status(a, "u-nurse"))["connected"] is True
+    assert (await cluster.status(a, "u-nurse"))["isConnected"] is True
     store = aioredis.Redis.from_url(cluster.redis.url)
     try:
         assert await store.save()  # the restart below loads this snapshot

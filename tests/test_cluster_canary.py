@@ -35,9 +35,12 @@ async def cluster(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Cl
 
 
 async def health(cluster: Cluster, node: Node) -> tuple[int, dict[str, Any]]:
+    """``node``'s /health status and ``data``."""
     async with cluster.http.get(f"{node.url}{ADMIN}/health") as reply:
         body: dict[str, Any] = await reply.json()
-        return reply.status, body
+        assert body["success"] is (reply.status == 200), body
+        data: dict[str, Any] = body["data"]
+        return reply.status, data
 
 
 async def status_of(cluster: Cluster, node: Node) -> tuple[int, str]:
@@ -73,7 +76,7 @@ async def test_a_process_that_cannot_hear_the_bus_reports_degraded_and_recovers(
 ) -> None:
     await cluster.subscribed(2)
     for node in (cluster.a, cluster.b):
-        assert await status_of(cluster, node) == (200, "ok")
+        assert await status_of(cluster, node) == (200, "healthy")
     redis = aioredis.Redis.from_url(cluster.redis.url)
     limit = str((await redis.config_get("maxclients"))["maxclients"])
     try:
@@ -87,7 +90,7 @@ async def test_a_process_that_cannot_hear_the_bus_reports_degraded_and_recovers(
         assert degraded["initialized"] is True
         assert await status_of(cluster, cluster.a) == (503, "degraded")
         # The other process hears the bus (A's canaries included) and is fine.
-        assert await status_of(cluster, cluster.b) == (200, "ok")
+        assert await status_of(cluster, cluster.b) == (200, "healthy")
         figures = await metrics(cluster, cluster.a)
         assert (figures["cluster_bus_deaf"], figures["cluster_bus_deafened"]) == (1, 1)
         assert (await metrics(cluster, cluster.b))["cluster_bus_deaf"] == 0
@@ -96,8 +99,8 @@ async def test_a_process_that_cannot_hear_the_bus_reports_degraded_and_recovers(
 
     try:
         # A subscribes again on its own (with its reconnection backoff) and hears itself.
-        await health_becomes(cluster, cluster.a, "ok")
-        assert await status_of(cluster, cluster.a) == (200, "ok")
+        await health_becomes(cluster, cluster.a, "healthy")
+        assert await status_of(cluster, cluster.a) == (200, "healthy")
         assert len(await subscriptions_of(redis, cluster.a)) == 1
         [(_, listening)] = await redis.pubsub_numsub(CHANNEL)
         assert listening == 2

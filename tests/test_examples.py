@@ -142,7 +142,11 @@ async def test_example_accepts_a_cli_token_and_refuses_none(example: str, client
     assert ack["success"] is True
     assert ack["status"] == "pong"
     status, health = await get_json(example + "/api/socket.io/health")
-    assert (status, health["status"], health["activeConnections"]) == (200, "ok", 1)
+    assert (status, health["data"]["status"], health["data"]["activeConnections"]) == (
+        200,
+        "healthy",
+        1,
+    )
     refusal = await clients.refusal(example)
     assert refusal.data["data"]["reason"] == "missing"
 
@@ -190,7 +194,7 @@ async def test_care_team_rule_narrows_what_nurses_may_subscribe(
 
     on_team = await nurse.call("subscribe:patient", "p-1001", namespace="/updates", timeout=5)
     assert on_team["success"] is True
-    assert (on_team["resourceType"], on_team["resourceId"]) == ("patient", "p-1001")
+    assert on_team["patientId"] == "p-1001"
     off_team = await nurse.call("subscribe:patient", "p-1003", namespace="/updates", timeout=5)
     assert (off_team["success"], off_team["code"]) == (False, "forbidden")
     any_patient = await doctor.call("subscribe:patient", "p-1003", namespace="/updates", timeout=5)

@@ -197,7 +197,11 @@ async def test_shell_lines_against_the_quick_start(clients: Clients) -> None:
         assert len(replies) == 4
         for reply in replies:
             assert isinstance(reply, dict), reply
-            assert reply.get("success") is not False, reply
+            assert reply["success"] is True, reply
+        health, connections, notified_role, disconnected = (r["data"] for r in replies)
+        assert (health["status"], health["connectedUsers"]) == ("healthy", 1)
+        assert connections["count"] == 2
+        assert (notified_role["role"], disconnected["userId"]) == ("nurse", "u1")
         notification = await asyncio.wait_for(notified, 5)
         assert notification["title"] == "Shift change"
         await clients.close()

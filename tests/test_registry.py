@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import attrs
 import pytest
 import redis.asyncio as aioredis
 
@@ -286,10 +287,11 @@ class RegistryContract:
             "socketId": "s1",
             "namespace": "/chat",
             "userId": "alice",
+            "role": "admin",
             "roles": ["admin", "nurse"],
             "rooms": ["alpha", "user:alice", "zeta"],
-            "connectedAt": conn.connected_at,
-            "lastActivity": conn.last_activity,
+            "connectedAt": round(conn.connected_at * 1000),
+            "lastActivity": round(conn.last_activity * 1000),
         }
 
     # -- random operation sequences against a model ------------------------------------------
@@ -305,28 +307,33 @@ def test_connection_info_to_json_directly() -> None:
         namespace="/",
         identity=Identity(user_id="u", roles={"b", "a", "c"}),
         rooms=frozenset({"r2", "r1"}),
-        connected_at=1.5,
-        last_activity=2.5,
+        connected_at=1_700_000_000.5,
+        last_activity=1_700_000_002.25,
     )
     data = info.to_json()
     assert data == {
         "socketId": "x",
         "namespace": "/",
         "userId": "u",
+        "role": "a",
         "roles": ["a", "b", "c"],
         "rooms": ["r1", "r2"],
-        "connectedAt": 1.5,
-        "lastActivity": 2.5,
+        "connectedAt": 1_700_000_000_500,
+        "lastActivity": 1_700_000_002_250,
     }
+    assert isinstance(data["connectedAt"], int)
     assert list(data) == [
         "socketId",
         "namespace",
         "userId",
+        "role",
         "roles",
         "rooms",
         "connectedAt",
         "lastActivity",
     ]
+    roleless = attrs.evolve(info, identity=Identity(user_id="u")).to_json()
+    assert (roleless["role"], roleless["roles"]) == (None, [])
 
 
 async def check_against_model(registry: Registry, rng: random.Random, *, steps: int) -> None:
@@ -488,10 +495,11 @@ class TestRedisRegistry(RegistryContract):
             "socketId": "s1",
             "namespace": "/chat",
             "userId": "alice",
+            "role": "admin",
             "roles": ["admin", "nurse"],
             "rooms": ["alpha", "user:alice", "zeta"],
-            "connectedAt": conn.connected_at,
-            "lastActivity": conn.last_activity,
+            "connectedAt": round(conn.connected_at * 1000),
+            "lastActivity": round(conn.last_activity * 1000),
             "process": registry.process,
         }
         assert [entry.to_json() for entry in await registry.connections()] == [info.to_json()]

@@ -64,7 +64,7 @@ async def connect_with(
 
 async def revoke(cluster: Cluster, node: Node, kind: str, target: str) -> dict[str, Any]:
     """``POST /revoke/{kind}/{target}`` on ``node`` as the admin; its 200 answer."""
-    status, body = await cluster.admin(node, "POST", f"/revoke/{kind}/{target}")
+    status, body = await cluster.admin_body(node, "POST", f"/revoke/{kind}/{target}")
     assert status == 200, body
     return body
 
@@ -193,7 +193,7 @@ async def test_revoke_user_on_a_ends_all_its_sessions_on_both_processes(cluster:
     for node in (a, b):
         for token in (ward, home, unused):
             assert await refusal_of(cluster, node, token) == REVOKED, node.label
-        assert (await cluster.status(node, "u-nurse"))["connected"] is False, node.label
+        assert (await cluster.status(node, "u-nurse"))["isConnected"] is False, node.label
     # Nothing of the nurse's is left to count.
     assert (await revoke(cluster, b, "user", "u-nurse"))["data"] == {"disconnected": 0}
 

@@ -140,7 +140,7 @@ async def test_serves_an_app_with_the_gateway_already_mounted(server_kind: Serve
         client = await server.connect("a1", roles=["admin"])
         async with server.http.get(admin.prefix + "/health") as response:
             health = await response.json()
-        assert (response.status, health["activeConnections"]) == (200, 1)
+        assert (response.status, health["data"]["activeConnections"]) == (200, 1)
         if server_kind == "aiohttp":
             async with server.http.get("/hello") as response:
                 assert await response.text() == "host app"

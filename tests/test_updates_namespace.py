@@ -43,7 +43,7 @@ async def subscriber(
 
 async def subscribe(client: socketio.AsyncClient, resource_type: str, resource_id: str) -> None:
     ack = await call(client, f"subscribe:{resource_type}", resource_id, UPDATES)
-    assert ack == {"success": True, "resourceType": resource_type, "resourceId": resource_id}
+    assert ack == {"success": True, f"{resource_type}Id": resource_id}
 
 
 async def barrier(gateway: Gateway, user_id: str, *inboxes: Inbox) -> None:
@@ -78,11 +78,7 @@ async def test_subscribing_needs_the_resource_types_permission(
         for resource_type, resource_id in (("patient", "p1"), ("encounter", "e1")):
             ack = await call(client, f"subscribe:{resource_type}", resource_id, UPDATES)
             if resource_type in allowed:
-                assert ack == {
-                    "success": True,
-                    "resourceType": resource_type,
-                    "resourceId": resource_id,
-                }
+                assert ack == {"success": True, f"{resource_type}Id": resource_id}
             else:
                 assert_refused(ack, "forbidden")
 
@@ -120,7 +116,7 @@ async def test_subscribe_id_forms(
 
         ack = await call(doctor, f"subscribe:{resource_type}", payload, UPDATES)
 
-        assert ack == {"success": True, "resourceType": resource_type, "resourceId": resource_id}
+        assert ack == {"success": True, f"{resource_type}Id": resource_id}
         await gateway.publish_update(resource_type, resource_id, "changed")
         (update,) = await inbox.wait(f"{resource_type}:update", UPDATES)
         assert update[f"{resource_type}Id"] == resource_id
@@ -237,12 +233,13 @@ async def test_publish_update_needs_an_updates_namespace(
 @pytest.mark.parametrize(
     ("subscribed", "payload"),
     [
+        ("p1", ("patient", "p1")),  # a tuple is sent as two arguments, as emit(ev, a, b)
+        ("42", ("patient", 42)),
         ("p1", {"resourceType": "patient", "resourceId": "p1"}),
         ("p1", ["patient", "p1"]),
-        ("p1", ("patient", "p1")),  # a tuple is sent as two arguments, as emit(ev, a, b)
         ("42", {"resourceType": "patient", "resourceId": 42}),
     ],
-    ids=["object", "list", "two-arguments", "integer-id"],
+    ids=["two-arguments", "two-arguments-integer-id", "object", "list", "object-integer-id"],
 )
 async def test_unsubscribe_stops_the_updates(
     clients: Clients,
@@ -259,7 +256,7 @@ async def test_unsubscribe_stops_the_updates(
 
         ack = await call(doctor, "unsubscribe", payload, UPDATES)
 
-        assert ack == {"success": True, "resourceType": "patient", "resourceId": subscribed}
+        assert ack == {"success": True, "room": f"patient:{subscribed}"}
         await gateway.publish_update("patient", subscribed, "vitals")
         # Barrier: the encounter subscription is untouched and its update comes later.
         await gateway.publish_update("encounter", "e1", "note_added")
@@ -284,6 +281,10 @@ async def test_unsubscribe_stops_the_updates(
         (["patient"], "invalid_payload", None),
         (["patient", "p1", "extra"], "invalid_payload", None),
         ("patient:p1", "invalid_payload", None),
+        (("patient", "p2"), "not_found", None),
+        (("invoice", "p1"), "invalid_payload", "resourceType"),
+        (("patient", "a b"), "invalid_payload", "resourceId"),
+        (("patient", "p1", "extra"), "invalid_payload", None),
     ],
     ids=[
         "never-subscribed",
@@ -298,6 +299,10 @@ async def test_unsubscribe_stops_the_updates(
         "short-list",
         "long-list",
         "string",
+        "two-arguments-never-subscribed",
+        "two-arguments-unknown-type",
+        "two-arguments-bad-id",
+        "three-arguments",
     ],
 )
 async def test_bad_unsubscribe_is_refused_and_changes_nothing(

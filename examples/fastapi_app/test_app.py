@@ -97,7 +97,7 @@ async def test_admin_api_and_built_in_namespaces_are_served(
     )
     async with gateway_server.http.get("/api/socket.io/health") as response:
         health = await response.json()
-    assert (response.status, health["activeConnections"]) == (200, 2)
+    assert (response.status, health["data"]["activeConnections"]) == (200, 2)
     await gateway_server.gateway.notify_role("doctor", "Ward round", "At ten")
     assert (await doctor.receive("notification", namespace="/notifications"))["title"] == (
         "Ward round"

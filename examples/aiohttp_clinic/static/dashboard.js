@@ -42,10 +42,16 @@
     return node;
   }
 
-  // A <time> element showing the local time of an ISO timestamp.
-  function clock(iso) {
-    const node = element('time', new Date(iso).toLocaleTimeString());
-    node.dateTime = iso;
+  // The gateway stamps events with epoch milliseconds; an ISO string works too.
+  function millis(timestamp) {
+    return typeof timestamp === 'number' ? timestamp : Date.parse(timestamp);
+  }
+
+  // A <time> element showing the local time of a timestamp.
+  function clock(timestamp) {
+    const moment = new Date(millis(timestamp));
+    const node = element('time', moment.toLocaleTimeString());
+    node.dateTime = moment.toISOString();
     return node;
   }
 
@@ -254,7 +260,7 @@
     main.on('connected', (welcome) => {
       byId('welcome').textContent =
         'Welcome ' + nameOf(welcome.userId) + ': socket ' + welcome.socketId +
-        ', server time ' + new Date(welcome.timestamp).toLocaleTimeString() + '.';
+        ', server time ' + new Date(welcome.serverTime).toLocaleTimeString() + '.';
     });
   }
 
@@ -485,7 +491,7 @@
     }
 
     function unsubscribe(patientId) {
-      updates.emit('unsubscribe', {resourceType: 'patient', resourceId: patientId}, (ack) => {
+      updates.emit('unsubscribe', 'patient', patientId, (ack) => {
         subscribed.delete(patientId);
         setStatus(ack.success ? 'Stopped ' + patientId + '.' : 'Refused: ' + ack.error, !ack.success);
         renderSubscriptions();
@@ -505,7 +511,7 @@
       }
     });
     updates.on('patient:update', (update) => {
-      if (recovery && Date.parse(update.timestamp) <= recovery.at) {
+      if (recovery && millis(update.timestamp) <= recovery.at) {
         recovery.missed += 1;
         setStatus('Reconnected: ' + recovery.missed + ' missed update' +
           (recovery.missed === 1 ? '' : 's') + ' delivered.', false);
@@ -552,7 +558,7 @@
         });
         const answer = await response.json();
         result.textContent = 'HTTP ' + response.status + ': ' + (answer.success
-          ? 'sent to role ' + role + ' (notification ' + answer.notification.id + ')'
+          ? 'sent to role ' + role + ' (notification ' + answer.data.notification.id + ')'
           : answer.error + ' [' + answer.code + ']');
         result.className = 'result ' + (response.ok ? 'ok' : 'bad');
       } catch (error) {

@@ -2,7 +2,11 @@
 // Commands (one JSON object per line on stdin):
 //   {"cmd": "connect", "url": ..., "namespace": ..., "auth": {...}, "transports": [...]}
 //   {"cmd": "drop"}              close the transport as a network failure would
-//   {"cmd": "reconnect", "auth"} connect again (with new auth, if given)
+//   {"cmd": "reconnect", "auth", "url"} connect again (with new auth, if given; to
+//                               another server, if given: the Manager opens its
+//                               next engine on socket.io.uri)
+//   {"cmd": "pause"}             reconnect only when told to (a server that dies
+//                               is then not retried)
 //   {"cmd": "disconnect"}        an explicit disconnect
 //   {"cmd": "emit", "event": ..., "args": [...], "ack": true}
 //   {"cmd": "exit"}
@@ -36,8 +40,12 @@ const commands = {
     socket.io.reconnection(false);
     socket.io.engine.close();
   },
-  reconnect({ auth }) {
+  pause() {
+    socket.io.reconnection(false);
+  },
+  reconnect({ auth, url }) {
     if (auth) socket.auth = auth;
+    if (url) socket.io.uri = url;
     socket.io.reconnection(true);
     socket.connect();
   },

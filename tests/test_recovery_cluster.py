@@ -1,0 +1,205 @@
+"""Missed-message recovery across gateway processes on a real ``redis-server``.
+
+The processes are tests/test_cluster.py's (tests/cluster_node.py, here with
+``--recovery-window``), the client is the official socket.io client in Node
+(tests/jsclient.py). A client dropped from one process recovers on the other, on a
+process restarted after a ``kill -9``, and again after Redis restarted (having
+lost everything) once the processes are back on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from realtime_gateway._recovery import offset_key
+
+from .clinic import USERS
+from .jsclient import JsClient, js_client
+from .redis_server import RedisServer, redis_server_fixture  # noqa: F401 (the fixture)
+from .test_cluster import CHANNEL, TTL, Cluster, Node, _spawn, _wait_ready, running_cluster
+
+WINDOW = ["--recovery-window", "30"]
+PARKED = f"{CHANNEL}:recovery:parked:*"
+UPDATES = "/updates"
+ROOM = "patient:p1"
+
+
+@pytest.fixture
+async def cluster(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(redis_server, tmp_path, options=WINDOW) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def nurse_on(cluster: Cluster, node: Node) -> AsyncIterator[JsClient]:
+    """The nurse's official client on ``node``, subscribed to patient p1."""
+    token = cluster.tokens.issue(USERS["nurse"])
+    async with js_client(node.url, UPDATES, auth={"token": token}) as client:
+        assert (await client.connected())["recovered"] is False
+        await client.call("subscribe:patient", {"patientId": "p1"})
+        yield client
+
+
+async def publish(cluster: Cluster, node: Node, n: int) -> None:
+    """Have ``node`` send vitals ``n`` to patient p1's room."""
+    await cluster.emit(node, "room", ROOM, "patient:update", {"n": n}, namespace=UPDATES)
+
+
+def vitals(client: JsClient) -> list[int]:
+    return [args[0]["n"] for args in client.events("patient:update")]
+
+
+def offsets(client: JsClient) -> list[Any]:
+    """The last argument of each update: its offset, a Redis stream id."""
+    return [args[-1] for args in client.events("patient:update")]
+
+
+async def received(client: JsClient, count: int, within: float = 10.0) -> list[int]:
+    async with asyncio.timeout(within):
+        while len(vitals(client)) < count:
+            await client.next(lambda report: report["type"] == "event")
+    return vitals(client)
+
+
+def in_stream_order(client: JsClient, since: int = 0) -> bool:
+    """Whether the updates from the ``since``-th on carry offsets, increasing."""
+    keys = [offset_key(offset) for offset in offsets(client)[since:]]
+    return None not in keys and keys == sorted(set(keys))  # type: ignore[type-var]
+
+
+async def parked(cluster: Cluster, count: int = 1, within: float = 10.0) -> None:
+    """Wait until ``count`` dropped sockets are parked in Redis (their server heard
+    them drop)."""
+    client = aioredis.Redis.from_url(cluster.redis.url)
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                if len(await client.keys(PARKED)) >= count:
+                    return
+                await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
+
+
+async def test_dropped_from_a_recovers_on_b_in_order_once_and_twice_in_a_row(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    await cluster.subscribed(2)
+    async with nurse_on(cluster, a) as client:
+        await publish(cluster, b, 0)
+        assert await received(client, 1) == [0]
+
+        client.send("drop")
+        await client.disconnected()
+        await parked(cluster)
+        # Missed meanwhile, sent by either process.
+        for n, node in ((1, a), (2, b), (3, a), (4, b)):
+            await publish(cluster, node, n)
+
+        client.send("reconnect", url=b.url)
+        assert (await client.connected())["recovered"] is True
+        await publish(cluster, a, 5)
+        assert await received(client, 6) == [0, 1, 2, 3, 4, 5]
+        assert in_stream_order(client)
+
+        # A second drop, from B back to A: the offsets keep advancing.
+        client.send("drop")
+        await client.disconnected()
+        await parked(cluster)
+        await publish(cluster, b, 6)
+        await publish(cluster, a, 7)
+        client.send("reconnect", url=a.url)
+        assert (await client.connected())["recovered"] is True
+        await publish(cluster, b, 8)
+        assert await received(client, 9) == list(range(9))
+        assert in_stream_order(client)
+
+
+async def test_after_kill_9_the_restarted_process_recovers_its_socket(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    a, b = cluster.a, cluster.b
+    await cluster.subscribed(2)
+    async with nurse_on(cluster, a) as client:
+        await publish(cluster, b, 0)
+        assert await received(client, 1) == [0]
+
+        client.send("pause")
+        a.proc.kill()  # SIGKILL by pid: no disconnect handler runs
+        await a.proc.wait()
+        await client.disconnected()
+        for n in (1, 2):
+            await publish(cluster, b, n)
+
+        again = await _spawn("A2", cluster.redis.url, TTL, tmp_path, WINDOW)
+        try:
+            await _wait_ready(again)
+            client.send("reconnect", url=again.url)
+            assert (await client.connected())["recovered"] is True
+            await publish(cluster, b, 3)
+            assert await received(client, 4) == [0, 1, 2, 3]
+            assert in_stream_order(client)
+        finally:
+            again.proc.terminate()
+            await asyncio.wait_for(again.proc.communicate(), 10)
+
+
+async def test_redis_restart_degrades_to_fresh_connections_then_recovers_again(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    await cluster.subscribed(2)
+    async with nurse_on(cluster, a) as client:
+        await publish(cluster, a, 0)
+        assert await received(client, 1) == [0]
+        client.send("drop")
+        await client.disconnected()
+        await parked(cluster)
+
+        await asyncio.to_thread(cluster.redis.stop)
+        await publish(cluster, a, 1)  # no Redis: delivered here, to nobody, unlogged
+        await asyncio.to_thread(cluster.redis.start)  # the same port, and empty
+
+        # The session went with Redis: a fresh connection, not an error.
+        client.send("reconnect", url=a.url)
+        assert (await client.connected())["recovered"] is False
+        for node in (a, b):
+            assert node.proc.returncode is None, node.label
+            assert await cluster.health(node) in (200, 503), node.label
+        await client.call("subscribe:patient", {"patientId": "p1"})
+
+        # Once each process is back on Redis (with backoff), its events are logged again.
+        n = 1
+        for node in (a, b):
+            deadline = time.monotonic() + 15
+            while True:
+                n += 1
+                await publish(cluster, node, n)
+                with contextlib.suppress(TimeoutError):
+                    # B's events reach the client on A only through Redis.
+                    await received(client, len(vitals(client)) + 1, within=0.5)
+                    if vitals(client)[-1] == n and offset_key(offsets(client)[-1]) is not None:
+                        break
+                assert time.monotonic() < deadline, f"{node.label} does not log events again"
+        await cluster.subscribed(2)
+
+        client.send("drop")
+        await client.disconnected()
+        await parked(cluster)
+        before = len(vitals(client))
+        await publish(cluster, b, 100)
+        await publish(cluster, a, 101)
+        client.send("reconnect", url=b.url)
+        assert (await client.connected())["recovered"] is True
+        await publish(cluster, b, 102)
+        assert (await received(client, before + 3))[before:] == [100, 101, 102]
+        assert in_stream_order(client, since=before - 1)

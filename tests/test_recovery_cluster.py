@@ -203,3 +203,60 @@ async def test_redis_restart_degrades_to_fresh_connections_then_recovers_again(
         await publish(cluster, b, 102)
         assert (await received(client, before + 3))[before:] == [100, 101, 102]
         assert in_stream_order(client, since=before - 1)
+
+
+async def test_concurrent_emits_from_both_processes_arrive_in_stream_order(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    await cluster.subscribed(2)
+    async with nurse_on(cluster, a) as client:
+        # A's own events and B's, at once: each reaches the client on A in the
+        # order of their offsets (which the client's recovery relies on).
+        await asyncio.gather(*(publish(cluster, (a, b)[n % 2], n) for n in range(60)))
+        assert sorted(await received(client, 60)) == list(range(60))
+        assert in_stream_order(client)
+
+
+async def test_a_stolen_pid_with_another_users_token_recovers_nothing_elsewhere(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    await cluster.subscribed(2)
+    async with nurse_on(cluster, a) as client:
+        await publish(cluster, b, 0)
+        assert await received(client, 1) == [0]
+        async with store(cluster) as redis:
+            [pid] = await redis.hkeys(f"{CHANNEL}:recovery:live:{a.name}")
+        client.send("pause")
+        a.proc.kill()  # the session is only A's live record now
+        await a.proc.wait()
+        await client.disconnected()
+        await publish(cluster, b, 1)
+
+        # The doctor may see patient p1 too, but this session is not hers.
+        doctor = cluster.tokens.issue(USERS["doctor"])
+        stolen = {"token": doctor, "pid": pid, "offset": offsets(client)[-1]}
+        async with js_client(b.url, UPDATES, auth=stolen) as thief:
+            assert (await thief.connected())["recovered"] is False
+            # Not in the room either: a barrier to the doctor's own room comes alone.
+            await publish(cluster, b, 2)
+            await cluster.emit(b, "user", "u-doctor", "barrier", 1, namespace=UPDATES)
+            await thief.event("barrier")
+            assert thief.events("patient:update") == []
+
+        # Its owner still recovers it, with everything it missed.
+        client.send("reconnect", url=b.url)
+        assert (await client.connected())["recovered"] is True
+        assert await received(client, 3) == [0, 1, 2]
+        assert in_stream_order(client)
+
+
+@contextlib.asynccontextmanager
+async def store(cluster: Cluster) -> AsyncIterator[aioredis.Redis]:
+    """A client of the cluster's Redis, to read the keys directly."""
+    client = aioredis.Redis.from_url(cluster.redis.url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -177,6 +177,8 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         self._canary_heard = 0
         self.heard_at = time.monotonic()
         """When this process last heard its own canary (``time.monotonic()``)."""
+        self.listening = False
+        """Whether this process is subscribed to the channel (so hears its own emits)."""
         self.heads: dict[str, tuple[str, OffsetKey]] = {}
         """The newest offset delivered here, by namespace."""
 
@@ -254,7 +256,7 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
             "host_id": self.host_id,
         }
         offset = await self._append(stream, message)
-        if offset is None or self._listen_outage.down:
+        if offset is None or not self.listening:
             # Not on the bus (Redis is unreachable), or this process cannot hear it.
             await self._deliver(message, offset)
 
@@ -367,7 +369,7 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
                 if not subscribed:
                     self._redis_connect()
                     await self.pubsub.subscribe(self.channel)
-                    subscribed = True
+                    subscribed = self.listening = True
                     if self._listen_outage.down:
                         self._listen_outage.succeeded()
                         # Whatever was published meanwhile never reached this process.
@@ -380,7 +382,7 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                subscribed = False
+                subscribed = self.listening = False
                 self._listen_outage.failed(exc)
                 await asyncio.sleep(self._listen_outage.backoff)
 

@@ -204,6 +204,10 @@ class RedisRecoveryStore:
         self._ttl = cluster.config.cluster_ttl
         self._manager = cluster.manager
         self._outage = Outage("recovery")
+        # This process's live sessions as written to Redis (pid -> JSON): the
+        # heartbeat writes them again when Redis lost them (restarted, or down
+        # when they were written).
+        self._live: dict[str, str] = {}
         self._park_script = self.redis.register_script(_PARK)
         self._settle_script = self.redis.register_script(_SETTLE)
         self._close_script = self.redis.register_script(_CLOSE)
@@ -348,10 +352,11 @@ class RedisRecoveryStore:
     async def opened(self, session: RecoverySession) -> None:
         live = self._live_key(self.process)
         ttl = int((self._ttl + self.window) * 1000)
+        record = self._live[session.pid] = _session_json(session)
 
         async def write() -> None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(live, session.pid, _session_json(session))
+                pipe.hset(live, session.pid, record)
                 pipe.pexpire(live, ttl)
                 await pipe.execute()
 
@@ -359,13 +364,16 @@ class RedisRecoveryStore:
 
     async def moved(self, session: RecoverySession) -> None:
         live = self._live_key(self.process)
-        await self._call(lambda: self.redis.hset(live, session.pid, _session_json(session)))
+        record = self._live[session.pid] = _session_json(session)
+        await self._call(lambda: self.redis.hset(live, session.pid, record))
 
     async def closed(self, pid: str) -> None:
+        self._live.pop(pid, None)
         keys = [self._key("parked", pid), self._live_key(self.process)]
         await self._call(lambda: self._close_script(keys=keys, args=[pid, self.process]))
 
     async def park(self, session: RecoverySession, window: float) -> None:
+        self._live.pop(session.pid, None)
         keys = [self._key("parked", session.pid), self._live_key(self.process)]
         # Kept as long again after the window, so that a late claim is "expired".
         args = [
@@ -422,11 +430,20 @@ class RedisRecoveryStore:
         now = time.time()
         keep = self._ttl + self.window
 
+        live = self._live_key(self.process)
+
         async def beat() -> None:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(self._key("hosts"), {self.process: now})
-                pipe.pexpire(self._live_key(self.process), int(keep * 1000))
+                pipe.hlen(live)
+                pipe.pexpire(live, int(keep * 1000))
                 pipe.zremrangebyscore(self._key("hosts"), "-inf", now - keep)
-                await pipe.execute()
+                _, recorded, _, _ = await pipe.execute()
+            if not int(recorded) and self._live:
+                # Redis lost them (restarted), or was unreachable when they came.
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hset(live, mapping=dict(self._live))
+                    pipe.pexpire(live, int(keep * 1000))
+                    await pipe.execute()
 
         await self._call(beat)

@@ -89,6 +89,23 @@ async def parked(cluster: Cluster, count: int = 1, within: float = 10.0) -> None
         await client.aclose()
 
 
+async def logging_again(cluster: Cluster, client: JsClient, within: float = 15.0) -> None:
+    """Wait until the events of both processes reach ``client`` with offsets again
+    (each process gets back on Redis with its own backoff)."""
+    n = 1000
+    for node in (cluster.a, cluster.b):
+        deadline = time.monotonic() + within
+        while True:
+            n += 1
+            await publish(cluster, node, n)
+            with contextlib.suppress(TimeoutError):
+                # B's events reach the client on A only through Redis.
+                await received(client, len(vitals(client)) + 1, within=0.5)
+                if vitals(client)[-1] == n and offset_key(offsets(client)[-1]) is not None:
+                    break
+            assert time.monotonic() < deadline, f"{node.label} does not log events again"
+
+
 async def test_dropped_from_a_recovers_on_b_in_order_once_and_twice_in_a_row(
     cluster: Cluster,
 ) -> None:
@@ -177,19 +194,7 @@ async def test_redis_restart_degrades_to_fresh_connections_then_recovers_again(
             assert await cluster.health(node) in (200, 503), node.label
         await client.call("subscribe:patient", {"patientId": "p1"})
 
-        # Once each process is back on Redis (with backoff), its events are logged again.
-        n = 1
-        for node in (a, b):
-            deadline = time.monotonic() + 15
-            while True:
-                n += 1
-                await publish(cluster, node, n)
-                with contextlib.suppress(TimeoutError):
-                    # B's events reach the client on A only through Redis.
-                    await received(client, len(vitals(client)) + 1, within=0.5)
-                    if vitals(client)[-1] == n and offset_key(offsets(client)[-1]) is not None:
-                        break
-                assert time.monotonic() < deadline, f"{node.label} does not log events again"
+        await logging_again(cluster, client)
         await cluster.subscribed(2)
 
         client.send("drop")
@@ -260,3 +265,27 @@ async def store(cluster: Cluster) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+async def test_live_sessions_are_written_again_after_redis_lost_them(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    await cluster.subscribed(2)
+    async with nurse_on(cluster, a) as client:
+        await asyncio.to_thread(cluster.redis.stop)
+        await asyncio.to_thread(cluster.redis.start)  # empty: A's live record is gone
+        await logging_again(cluster, client)
+        async with store(cluster) as redis:
+            async with asyncio.timeout(TTL):
+                while True:  # the next heartbeat of A writes it again
+                    if await redis.hlen(f"{CHANNEL}:recovery:live:{a.name}"):
+                        break
+                    await asyncio.sleep(0.05)
+        client.send("pause")
+        a.proc.kill()
+        await a.proc.wait()
+        await client.disconnected()
+        before = len(vitals(client))
+        await publish(cluster, b, 1)
+        client.send("reconnect", url=b.url)
+        assert (await client.connected())["recovered"] is True
+        assert (await received(client, before + 1))[before:] == [1]

@@ -339,9 +339,16 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         return result
 
     async def close(self) -> None:
-        """Close the publishing client."""
+        """Close the publishing client and the listener's (the listener stopped)."""
         if self._publisher is not None:
             await self._publisher.aclose()
+        pubsub = getattr(self, "pubsub", None)
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
 
     async def publish_control(self, data: Mapping[str, Any]) -> bool:
         """Send a control message to the other processes; ``False`` if it could not

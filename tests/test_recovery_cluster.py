@@ -19,9 +19,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from realtime_gateway import SignedTokenAuthenticator
 from realtime_gateway._recovery import offset_key
+from realtime_gateway._recovery_redis import RedisRecoveryStore
 
-from .clinic import USERS
+from .clinic import USERS, clinic_gateway, connect_as
+from .conftest import Clients, call, quick_config
 from .jsclient import JsClient, js_client
 from .redis_server import RedisServer, redis_server_fixture  # noqa: F401 (the fixture)
 from .test_cluster import CHANNEL, TTL, Cluster, Node, _spawn, _wait_ready, running_cluster
@@ -289,3 +292,39 @@ async def test_live_sessions_are_written_again_after_redis_lost_them(cluster: Cl
         client.send("reconnect", url=b.url)
         assert (await client.connected())["recovered"] is True
         assert (await received(client, before + 1))[before:] == [1]
+
+
+async def test_binary_events_are_logged_and_replayed_with_their_attachments(
+    redis_server: RedisServer, authenticator: SignedTokenAuthenticator
+) -> None:
+    config = quick_config(redis_url=redis_server.url, recovery_window=30)
+    gateway = clinic_gateway(authenticator, config=config)
+    recovery = gateway._recovery
+    assert recovery is not None
+    assert isinstance(recovery.store, RedisRecoveryStore)
+    clients = Clients()
+    async with clients.serve(gateway, "aiohttp") as running:
+        token = authenticator.issue(USERS["nurse"])
+        client, _ = await connect_as(clients, running.url, token, namespaces=(UPDATES,))
+        got: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+        async def on_scan(*args: Any) -> None:
+            await got.put(args)
+
+        client.on("scan", on_scan, namespace=UPDATES)
+        await call(client, "subscribe:patient", {"patientId": "p1"}, UPDATES)
+        image = bytes(range(256))
+        await gateway.emit_to_room(ROOM, "scan", {"image": image}, namespace=UPDATES)
+        data, offset = await asyncio.wait_for(got.get(), 5)
+        assert data == {"image": image}
+        assert offset_key(offset) is not None
+
+        [entry] = await recovery.store.missed(UPDATES, "0", lambda entry: True, 10)
+        assert entry.offset == offset
+        assert entry.rooms == ROOM
+        header, attachment = entry.frames
+        assert isinstance(header, str)
+        assert header.startswith(f"51-{UPDATES},")
+        assert header.endswith(f'"{offset}"]')
+        assert attachment == image
+        assert await recovery.store.missed(UPDATES, offset, lambda entry: True, 10) == []

@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import redis.asyncio as aioredis
 
 from realtime_gateway import SignedTokenAuthenticator
-from realtime_gateway._recovery import offset_key
+from realtime_gateway._recovery import OffsetLost, RecoverySession, TooManyMissed, offset_key
 from realtime_gateway._recovery_redis import RedisRecoveryStore
 
 from .clinic import USERS, clinic_gateway, connect_as
@@ -261,9 +262,10 @@ async def test_a_stolen_pid_with_another_users_token_recovers_nothing_elsewhere(
 
 
 @contextlib.asynccontextmanager
-async def store(cluster: Cluster) -> AsyncIterator[aioredis.Redis]:
+async def store(cluster: Cluster | RedisServer) -> AsyncIterator[aioredis.Redis]:
     """A client of the cluster's Redis, to read the keys directly."""
-    client = aioredis.Redis.from_url(cluster.redis.url, decode_responses=True)
+    server = cluster.redis if isinstance(cluster, Cluster) else cluster
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
     try:
         yield client
     finally:
@@ -328,3 +330,71 @@ async def test_binary_events_are_logged_and_replayed_with_their_attachments(
         assert header.endswith(f'"{offset}"]')
         assert attachment == image
         assert await recovery.store.missed(UPDATES, offset, lambda entry: True, 10) == []
+
+
+async def test_the_redis_store_keeps_the_memory_stores_semantics(
+    redis_server: RedisServer, authenticator: SignedTokenAuthenticator
+) -> None:
+    config = quick_config(redis_url=redis_server.url, recovery_window=30, recovery_log_events=100)
+    gateway, other = (clinic_gateway(authenticator, config=config) for _ in range(2))
+    mine, theirs = (g._recovery.store if g._recovery else None for g in (gateway, other))
+    assert isinstance(mine, RedisRecoveryStore)
+    assert isinstance(theirs, RedisRecoveryStore)
+    clients = Clients()
+    try:
+        async with clients.serve(gateway, "aiohttp"), store(redis_server) as redis:
+            # The log: trimmed to about 100 events (whole stream nodes go at once).
+            for n in range(250):
+                await gateway.emit_to_room(ROOM, "patient:update", {"n": n}, namespace=UPDATES)
+            entries = await redis.xrange(mine.log_key(UPDATES))
+            assert entries is not None
+            kept = [str(entry_id) for entry_id, _ in entries]
+            assert 100 <= len(kept) < 250
+            everything = lambda entry: True  # noqa: E731
+            missed = await mine.missed(UPDATES, kept[0], everything, 1000)
+            assert [entry.offset for entry in missed] == kept[1:]
+            assert await mine.missed(UPDATES, kept[0], lambda entry: False, 1000) == []
+            with pytest.raises(TooManyMissed):
+                await mine.missed(UPDATES, kept[0], everything, len(kept) - 2)
+            for lost in ("0", "1-0", f"{int(kept[-1].split('-')[0]) + 1}-0"):  # trimmed, ahead
+                with pytest.raises(OffsetLost):
+                    await mine.missed(UPDATES, lost, everything, 1000)
+
+            # Sessions: a parked one is settled once, by the process that parked it,
+            # and a claim (on any process) still finds it, once.
+            session = RecoverySession(
+                pid="p" * 24,
+                namespace=UPDATES,
+                identity=USERS["nurse"],
+                sid="sid-1",
+                rooms={ROOM: "subscribe"},
+                offset=kept[-1],
+            )
+            await mine.park(session, 30)
+            assert await theirs.settle(session.pid) is False
+            assert await mine.settle(session.pid) is True
+            assert await mine.settle(session.pid) is False
+            claimed = await theirs.claim(session.pid)
+            assert claimed is not None
+            assert (claimed.identity.user_id, claimed.rooms, claimed.sid, claimed.offset) == (
+                "u-nurse",
+                {ROOM: "subscribe"},
+                "sid-1",
+                kept[-1],
+            )
+            assert await mine.claim(session.pid) is None
+
+            # A live one is taken over by another process, once; not by its own.
+            live = attrs.evolve(session, pid="q" * 24)
+            await mine.opened(live)
+            assert await mine.claim(live.pid) is None
+            taken = await theirs.claim(live.pid)
+            assert taken is not None
+            assert taken.rooms == {ROOM: "subscribe"}
+            assert await theirs.claim(live.pid) is None
+            await mine.opened(attrs.evolve(live, pid="r" * 24))
+            await mine.closed("r" * 24)
+            assert await theirs.claim("r" * 24) is None
+    finally:
+        assert other._cluster is not None
+        await other._cluster.registry.redis.aclose()

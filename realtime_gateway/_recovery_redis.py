@@ -11,15 +11,18 @@ Keys, all under ``redis_prefix`` (``{p}``):
   window. ``{p}:recovery:origin:{namespace}`` is the id of the first entry of the
   stream as it is (a stream created afresh, after Redis lost its data, makes
   every older offset "lost").
-- ``{p}:recovery:parked:{pid}``: the session of a socket that dropped (a hash: the
+- ``{p}:recovery:parked:{digest}``: the session of a socket that dropped (a hash: the
   session's JSON and the process that parked it), with a TTL of twice the window
   (a claim after the window still finds it, and is told "expired").
 - ``{p}:recovery:live:{process}``: the sessions of the live sockets of one process
-  (pid -> JSON), written on connect and on room changes; its TTL (cluster_ttl +
+  (digest -> JSON), written on connect and on room changes; its TTL (cluster_ttl +
   window) is refreshed by the process's heartbeat, so the sockets of a process
   that was killed stay recoverable for the window and then vanish.
 - ``{p}:recovery:hosts``: the processes that keep such records (a sorted set
   scored by their last heartbeat).
+
+A pid is never written to Redis: keys and fields name it by its SHA-256 digest
+(whoever reads Redis learns no pid to recover with), as revocations name sessions.
 
 Events are appended by :class:`~._cluster.ClusterManager` in the script that also
 publishes them (see there); this store reads, and keeps sessions.
@@ -28,6 +31,7 @@ publishes them (see there); this store reads, and keeps sessions.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -104,7 +108,6 @@ def _session_json(session: RecoverySession) -> str:
 
     return json.dumps(
         {
-            "pid": session.pid,
             "namespace": session.namespace,
             "identity": identity_to_json(session.identity),
             "sid": session.sid,
@@ -116,12 +119,14 @@ def _session_json(session: RecoverySession) -> str:
     )
 
 
-def _session_from_json(raw: bytes | str, disconnected_at: float | None = None) -> RecoverySession:
+def _session_from_json(
+    raw: bytes | str, pid: str, disconnected_at: float | None = None
+) -> RecoverySession:
     from ._cluster import identity_from_json
 
     data = json.loads(raw)
     return RecoverySession(
-        pid=data["pid"],
+        pid=pid,
         namespace=data["namespace"],
         identity=identity_from_json(data["identity"]),
         sid=data["sid"],
@@ -129,6 +134,11 @@ def _session_from_json(raw: bytes | str, disconnected_at: float | None = None) -
         offset=data["offset"],
         disconnected_at=data["disconnectedAt"] if disconnected_at is None else disconnected_at,
     )
+
+
+def _digest(pid: str) -> str:
+    """How Redis names ``pid``."""
+    return hashlib.sha256(pid.encode()).hexdigest()[:32]
 
 
 def _room_field(value: Any) -> str:
@@ -352,11 +362,12 @@ class RedisRecoveryStore:
     async def opened(self, session: RecoverySession) -> None:
         live = self._live_key(self.process)
         ttl = int((self._ttl + self.window) * 1000)
-        record = self._live[session.pid] = _session_json(session)
+        name = _digest(session.pid)
+        record = self._live[name] = _session_json(session)
 
         async def write() -> None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(live, session.pid, record)
+                pipe.hset(live, name, record)
                 pipe.pexpire(live, ttl)
                 await pipe.execute()
 
@@ -364,20 +375,23 @@ class RedisRecoveryStore:
 
     async def moved(self, session: RecoverySession) -> None:
         live = self._live_key(self.process)
-        record = self._live[session.pid] = _session_json(session)
-        await self._call(lambda: self.redis.hset(live, session.pid, record))
+        name = _digest(session.pid)
+        record = self._live[name] = _session_json(session)
+        await self._call(lambda: self.redis.hset(live, name, record))
 
     async def closed(self, pid: str) -> None:
-        self._live.pop(pid, None)
-        keys = [self._key("parked", pid), self._live_key(self.process)]
-        await self._call(lambda: self._close_script(keys=keys, args=[pid, self.process]))
+        name = _digest(pid)
+        self._live.pop(name, None)
+        keys = [self._key("parked", name), self._live_key(self.process)]
+        await self._call(lambda: self._close_script(keys=keys, args=[name, self.process]))
 
     async def park(self, session: RecoverySession, window: float) -> None:
-        self._live.pop(session.pid, None)
-        keys = [self._key("parked", session.pid), self._live_key(self.process)]
+        name = _digest(session.pid)
+        self._live.pop(name, None)
+        keys = [self._key("parked", name), self._live_key(self.process)]
         # Kept as long again after the window, so that a late claim is "expired".
         args = [
-            session.pid,
+            name,
             _session_json(session),
             self.process,
             int((window + self.window) * 1000),
@@ -385,7 +399,7 @@ class RedisRecoveryStore:
         await self._call(lambda: self._park_script(keys=keys, args=args))
 
     async def claim(self, pid: str) -> RecoverySession | None:
-        parked = self._key("parked", pid)
+        parked = self._key("parked", _digest(pid))
 
         async def take() -> Any:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -396,29 +410,30 @@ class RedisRecoveryStore:
 
         raw = await self._call(take)
         if raw is not None:
-            return _session_from_json(raw)
+            return _session_from_json(raw, pid)
         taken: RecoverySession | None = await self._call(lambda: self._take_over(pid))
         return taken
 
     async def _take_over(self, pid: str) -> RecoverySession | None:
         """The live session of ``pid`` on another process (see the class docstring)."""
         hosts = await self.redis.zrange(self._key("hosts"), 0, -1, withscores=True)
-        others = [(_text(name), float(beat)) for name, beat in hosts if _text(name) != self.process]
+        name = _digest(pid)
+        others = [(_text(host), float(beat)) for host, beat in hosts if _text(host) != self.process]
         if not others:
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
-            for name, _ in others:
-                pipe.hget(self._live_key(name), pid)
+            for host, _ in others:
+                pipe.hget(self._live_key(host), name)
             found = await pipe.execute()
-        for (name, beat), raw in zip(others, found, strict=True):
+        for (host, beat), raw in zip(others, found, strict=True):
             # HDEL answers 1 to one claimant only.
-            if raw is not None and await self.redis.hdel(self._live_key(name), pid):
+            if raw is not None and await self.redis.hdel(self._live_key(host), name):
                 log(logging.INFO, "recovery_take_over")
-                return _session_from_json(raw, disconnected_at=min(beat, time.time()))
+                return _session_from_json(raw, pid, disconnected_at=min(beat, time.time()))
         return None
 
     async def settle(self, pid: str) -> bool:
-        parked = self._key("parked", pid)
+        parked = self._key("parked", _digest(pid))
         settled = await self._call(lambda: self._settle_script(keys=[parked], args=[self.process]))
         return bool(settled)
 

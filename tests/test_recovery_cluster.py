@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -235,8 +236,13 @@ async def test_a_stolen_pid_with_another_users_token_recovers_nothing_elsewhere(
     async with nurse_on(cluster, a) as client:
         await publish(cluster, b, 0)
         assert await received(client, 1) == [0]
+        # The private id the server gave the client in its CONNECT reply.
+        [pid] = [report["pid"] for report in client.reports if report["type"] == "connect"]
         async with store(cluster) as redis:
-            [pid] = await redis.hkeys(f"{CHANNEL}:recovery:live:{a.name}")
+            # Redis names it only by its digest.
+            [name] = await redis.hkeys(f"{CHANNEL}:recovery:live:{a.name}")
+            assert name == hashlib.sha256(pid.encode()).hexdigest()[:32]
+            assert pid not in str(await redis.hgetall(f"{CHANNEL}:recovery:live:{a.name}"))
         client.send("pause")
         a.proc.kill()  # the session is only A's live record now
         await a.proc.wait()

@@ -10,7 +10,7 @@
 //   {"cmd": "disconnect"}        an explicit disconnect
 //   {"cmd": "emit", "event": ..., "args": [...], "ack": true}
 //   {"cmd": "exit"}
-// Reports (one JSON object per line on stdout): {"type": "connect", "id", "recovered"},
+// Reports (one JSON object per line on stdout): {"type": "connect", "id", "recovered", "pid"},
 // {"type": "disconnect", "reason"}, {"type": "connect_error", "message", "data"},
 // {"type": "event", "name", "args"}, {"type": "ack", "n", "args"}.
 "use strict";
@@ -29,7 +29,10 @@ const commands = {
       reconnectionDelay: 100,
       reconnectionDelayMax: 200,
     });
-    socket.on("connect", () => say({ type: "connect", id: socket.id, recovered: socket.recovered }));
+    socket.on("connect", () =>
+      // _pid: the private id the server gave (socket.io-client keeps it there).
+      say({ type: "connect", id: socket.id, recovered: socket.recovered, pid: socket._pid || null }),
+    );
     socket.on("disconnect", (reason) => say({ type: "disconnect", reason }));
     socket.on("connect_error", (err) => say({ type: "connect_error", message: err.message, data: err.data || null }));
     socket.onAny((name, ...args) => say({ type: "event", name, args }));

@@ -180,6 +180,9 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         self.listening = False
         """Whether this process is subscribed to the channel (so hears its own emits)."""
         self.heads: dict[str, tuple[str, OffsetKey]] = {}
+        # Namespaces with events sent here unlogged (Redis unreachable) since the
+        # last append: the next append marks the gap.
+        self._unlogged: set[str] = set()
         """The newest offset delivered here, by namespace."""
 
     def _encode(self, data: Mapping[str, Any]) -> str:
@@ -256,6 +259,8 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
             "host_id": self.host_id,
         }
         offset = await self._append(stream, message)
+        if offset is None:
+            self._unlogged.add(namespace)
         if offset is None or not self.listening:
             # Not on the bus (Redis is unreachable), or this process cannot hear it.
             await self._deliver(message, offset)
@@ -265,8 +270,13 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         if not self._outage.may_try():
             return None
         publisher = self._client()
+        namespace = message["namespace"]
         call = stream.append_args(
-            message["namespace"], self._encode(message), message["room"], message["skip_sid"]
+            namespace,
+            self._encode(message),
+            message["room"],
+            message["skip_sid"],
+            gap=namespace in self._unlogged,
         )
         try:
             offset = await stream.append_script(**call, client=publisher)
@@ -274,6 +284,7 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
             self._outage.failed(exc)
             return None
         self._outage.succeeded()
+        self._unlogged.discard(namespace)
         return offset.decode() if isinstance(offset, bytes) else str(offset)
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:

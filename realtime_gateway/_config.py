@@ -207,7 +207,7 @@ class GatewayConfig:
     ``{redis_prefix}:recovery:``: a stream per namespace (``log:{namespace}``,
     trimmed at each append to ``recovery_log_events`` and to the window; each entry
     the signed cluster message, about 350 bytes for a 100-byte event), the sessions
-    of dropped sockets (``parked:{pid}``, kept twice the window), and each
+    of dropped sockets (``parked:{pid digest}``, kept twice the window), and each
     process's live sessions (``live:{process}``, kept ``cluster_ttl`` + the window
     past its last heartbeat, so that the sockets of a process killed without
     notice can be recovered on another).

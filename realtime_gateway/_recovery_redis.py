@@ -10,7 +10,9 @@ Keys, all under ``redis_prefix`` (``{p}``):
   trims it with ``MAXLEN ~ recovery_log_events`` and ``MINID ~`` now minus the
   window. ``{p}:recovery:origin:{namespace}`` is the id of the first entry of the
   stream as it is (a stream created afresh, after Redis lost its data, makes
-  every older offset "lost").
+  every older offset "lost"); ``{p}:recovery:gap:{namespace}`` the id of the first
+  event logged after events a process sent but could not log (Redis unreachable):
+  every older offset is "lost" too, rather than replayed without them.
 - ``{p}:recovery:parked:{digest}``: the session of a socket that dropped (a hash: the
   session's JSON and the process that parked it), with a TTL of twice the window
   (a claim after the window still finds it, and is told "expired").
@@ -57,15 +59,17 @@ __all__ = ["RecoveryUnavailable", "RedisRecoveryStore"]
 
 PAGE = 500  # stream entries read per XRANGE
 
-# KEYS: stream, origin. ARGV: max entries, window (ms), signed message, room JSON,
-# skip JSON, channel. XADD and PUBLISH in one script: the order of the stream is the
-# order in which every process hears the events. The id is outside the signed
-# message (Redis assigns it), appended to the message's JSON object.
+# KEYS: stream, origin, gap. ARGV: max entries, window (ms), signed message, room
+# JSON, skip JSON, channel, "1" if this process sent events of the namespace it could
+# not log. XADD and PUBLISH in one script: the order of the stream is the order in
+# which every process hears the events. The id is outside the signed message (Redis
+# assigns it), appended to the message's JSON object.
 _APPEND = """
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                       'm', ARGV[3], 'r', ARGV[4], 's', ARGV[5])
 if fresh then redis.call('SET', KEYS[2], id) end
+if ARGV[7] == '1' then redis.call('SET', KEYS[3], id) end
 local ms = tonumber(string.match(id, '^(%d+)'))
 local oldest = ms - tonumber(ARGV[2])
 if oldest > 0 then redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest) end
@@ -238,6 +242,10 @@ class RedisRecoveryStore:
         """Where the id of the first entry of ``namespace``'s stream is kept."""
         return self._key("origin", namespace)
 
+    def gap_key(self, namespace: str) -> str:
+        """Where the first offset after events that could not be logged is kept."""
+        return self._key("gap", namespace)
+
     def _live_key(self, process: str) -> str:
         return self._key("live", process)
 
@@ -255,10 +263,14 @@ class RedisRecoveryStore:
 
     # -- appending (called by ClusterManager) ------------------------------------------
 
-    def append_args(self, namespace: str, signed: str, room: Any, skip: Any) -> dict[str, Any]:
-        """The keys and arguments of the append script for one event."""
+    def append_args(
+        self, namespace: str, signed: str, room: Any, skip: Any, *, gap: bool
+    ) -> dict[str, Any]:
+        """The keys and arguments of the append script for one event; ``gap``: this
+        process sent events of ``namespace`` it could not log since its last append,
+        so no recovery may replay across them (it would skip them silently)."""
         return {
-            "keys": [self.log_key(namespace), self.origin_key(namespace)],
+            "keys": [self.log_key(namespace), self.origin_key(namespace), self.gap_key(namespace)],
             "args": [
                 self.max_events,
                 int(self.window * 1000),
@@ -266,6 +278,7 @@ class RedisRecoveryStore:
                 _room_field(room),
                 _room_field(skip),
                 self._manager.channel,
+                "1" if gap else "0",
             ],
         }
 
@@ -300,12 +313,18 @@ class RedisRecoveryStore:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.exists(key)
                 pipe.get(self.origin_key(namespace))
-                exists, origin = await pipe.execute()
+                pipe.get(self.gap_key(namespace))
+                exists, origin, gap = await pipe.execute()
+            gap_key = offset_key(_text(gap)) if gap is not None else None
+            if gap_key is not None and start < gap_key:
+                return False, origin  # events between were sent but not logged
             if not exists:
                 return None, origin
             return await self.redis.xinfo_stream(key), origin
 
         info, origin = await self._call(inspect)
+        if info is False:
+            raise OffsetLost(after)
         if info is None:
             if start == (0, 0):
                 return []

@@ -401,6 +401,23 @@ async def test_the_redis_store_keeps_the_memory_stores_semantics(
             await mine.opened(attrs.evolve(live, pid="r" * 24))
             await mine.closed("r" * 24)
             assert await theirs.claim("r" * 24) is None
+
+            # An event sent while Redis was unreachable was not logged: no recovery
+            # may replay across it, or it would be skipped without a word.
+            manager = gateway._cluster.manager if gateway._cluster else None
+            assert manager is not None
+            manager._outage.failed(ConnectionError("test"))  # as after a failed command
+            await gateway.emit_to_room(ROOM, "patient:update", {"n": 250}, namespace=UPDATES)
+            manager._outage.retry_at = 0.0  # the backoff is over
+            before = await mine.missed(UPDATES, kept[-1], everything, 1000)
+            assert before == []
+            await gateway.emit_to_room(ROOM, "patient:update", {"n": 251}, namespace=UPDATES)
+            with pytest.raises(OffsetLost):
+                await mine.missed(UPDATES, kept[-1], everything, 1000)
+            newest = await redis.xrevrange(mine.log_key(UPDATES), count=1)
+            assert newest is not None
+            [(gap, _)] = newest
+            assert await mine.missed(UPDATES, str(gap), everything, 1000) == []
     finally:
         assert other._cluster is not None
         await other._cluster.registry.redis.aclose()

@@ -138,7 +138,7 @@ class Recovery:
             await self._repark(session, left)
             return "unknown", []
         parked = self._unpark(pid)
-        waiting = parked[2] if parked is not None else frozenset()
+        waiting = parked[2] if parked is not None else session.unannounced
         dropped: list[str] = []
         restored: list[str] = []
         for room, action in session.rooms.items():
@@ -170,11 +170,11 @@ class Recovery:
                 return "expired", []
             log(logging.ERROR, "recovery_store_failed", error=type(exc).__name__)
             return "unknown", []
-        if parked is not None:
-            # Rooms it did not get back are departures now.
-            lost = parked[2] - rooms
-            if lost:
-                await self._announce_gone((parked[0], parked[1], lost), conn.identity.user_id)
+        # Rooms it did not get back are departures now.
+        lost = waiting - rooms
+        if lost:
+            before = parked[:2] if parked is not None else (namespace, conn)
+            await self._announce_gone((*before, lost), conn.identity.user_id)
         conn.recovery = (pid, missed[-1].offset if missed else after)
         self._replays[conn.sid] = (missed, offset_key(conn.recovery[1]))
         return "recovered", dropped

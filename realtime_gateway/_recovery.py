@@ -88,7 +88,11 @@ class RecoverySession:
     ``rooms`` the rooms it asked for, with the action that admitted it (the
     gateway's own rooms are recomputed from the fresh identity);
     ``offset`` the log's newest offset when the socket connected (a client that
-    got no event since sends none); ``disconnected_at`` a Unix time."""
+    got no event since sends none); ``disconnected_at`` a Unix time;
+    ``unannounced`` the rooms whose departure nobody announced, set by a store
+    whose session was parked by another process (whose announcement, at the end
+    of the window, a recovery pre-empts): coming back to them is not announced
+    either."""
 
     pid: str
     namespace: str
@@ -97,6 +101,7 @@ class RecoverySession:
     rooms: dict[str, str]
     offset: str
     disconnected_at: float = attrs.field(factory=time.time)
+    unannounced: frozenset[str] = frozenset()
 
 
 class TooManyMissed(Exception):

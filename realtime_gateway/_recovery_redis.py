@@ -429,7 +429,11 @@ class RedisRecoveryStore:
 
         raw = await self._call(take)
         if raw is not None:
-            return _session_from_json(raw, pid)
+            session = _session_from_json(raw, pid)
+            # Parked elsewhere, its rooms wait for that process's window end,
+            # which this claim pre-empts. (A taken-over live session's rooms were
+            # told of its departure by the sweep of its dead process, if at all.)
+            return attrs.evolve(session, unannounced=frozenset(session.rooms))
         taken: RecoverySession | None = await self._call(lambda: self._take_over(pid))
         return taken
 

@@ -421,3 +421,48 @@ async def test_the_redis_store_keeps_the_memory_stores_semantics(
     finally:
         assert other._cluster is not None
         await other._cluster.registry.redis.aclose()
+
+
+@pytest.mark.parametrize("still_allowed", [True, False], ids=["kept", "lost"])
+async def test_presence_does_not_flap_when_a_socket_recovers_on_another_process(
+    cluster: Cluster, still_allowed: bool
+) -> None:
+    """Recovered on B within the window: no departure and no new arrival. Unless
+    the fresh credential no longer allows the room: then its departure is told."""
+    a, b = cluster.a, cluster.b
+    doctor, inbox = await cluster.connect(b, "doctor", namespaces=("/chat",))
+    await cluster.subscribed(2)
+    await call(doctor, "join:conversation", "c1", "/chat")
+    token = cluster.tokens.issue(USERS["nurse"])
+
+    def nurse_presence() -> list[tuple[str, Any]]:
+        """What the doctor was told of the nurse, by event name."""
+        return [
+            (event, data)
+            for (namespace, event), items in sorted(inbox.received.items())
+            for data in items
+            if namespace == "/chat" and isinstance(data, dict) and data.get("userId") == "u-nurse"
+        ]
+
+    async with js_client(a.url, "/chat", auth={"token": token}) as client:
+        assert (await client.connected())["recovered"] is False
+        await client.call("join:conversation", "c1")
+        await inbox.wait("user:joined", "/chat")
+        seen = nurse_presence()
+
+        client.send("drop")
+        await client.disconnected()
+        await parked(cluster)
+        # The same user; as a patient, no longer of the care team.
+        demoted = attrs.evolve(USERS["nurse"], roles={"patient"})
+        fresh = token if still_allowed else cluster.tokens.issue(demoted)
+        client.send("reconnect", url=b.url, auth={"token": fresh})
+        assert (await client.connected())["recovered"] is True
+        # A barrier through the same room: whatever B announced came before it.
+        await cluster.emit(b, "room", "conversation:c1", "barrier", 1, namespace="/chat")
+        await inbox.wait("barrier", "/chat")
+        if still_allowed:
+            assert nurse_presence() == seen
+        else:
+            told = sorted(event for event, _ in nurse_presence())
+            assert told == ["presence:join", "presence:leave", "user:joined", "user:left"]

@@ -180,10 +180,10 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         self.listening = False
         """Whether this process is subscribed to the channel (so hears its own emits)."""
         self.heads: dict[str, tuple[str, OffsetKey]] = {}
+        """The newest offset delivered here, by namespace."""
         # Namespaces with events sent here unlogged (Redis unreachable) since the
         # last append: the next append marks the gap.
         self._unlogged: set[str] = set()
-        """The newest offset delivered here, by namespace."""
 
     def _encode(self, data: Mapping[str, Any]) -> str:
         if self._signer is None:
@@ -413,7 +413,7 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
             if data is None:
                 self._dropped()
                 continue
-            if "offset" in data:
+            if "offset" in data and data.get("method") == "emit":
                 # A logged emit, this process's own included (python-socketio's
                 # listener would skip those): delivered in the bus's order.
                 try:

@@ -81,62 +81,81 @@ async def fan_out(gateway: Any, url: str, token: str, clients: int, emits: int) 
         await asyncio.gather(*(client.disconnect() for client in pool))
 
 
-async def run(redis: RedisServer, recovery: bool, args: argparse.Namespace) -> dict[str, Any]:
-    tokens = SignedTokenAuthenticator([SECRET], salt=SALT, max_age=600)
-    config = quick_config(
-        redis_url=redis.url,
-        recovery_window=120 if recovery else None,
-        max_sockets_per_user=1000,
-        handshake_rate=10_000,
-        handshake_burst=10_000,
-    )
-    gateway = clinic_gateway(tokens, config=config)
-    result: dict[str, Any] = {}
-    async with serve(gateway, "aiohttp") as running:
-        await emit_rate(gateway, 200, 1)  # warm-up
-        result["emits/s, 1 at a time"] = statistics.median(
-            [await emit_rate(gateway, args.emits, 1) for _ in range(3)]
-        )
-        result["emits/s, 32 at once"] = statistics.median(
-            [await emit_rate(gateway, args.emits, 32) for _ in range(3)]
-        )
-        token = tokens.issue(USERS["nurse"])
-        result[f"deliveries/s, {args.clients} clients"] = statistics.median(
-            [await fan_out(gateway, running.url, token, args.clients, 500) for _ in range(3)]
-        )
-        if recovery:
-            client = aioredis.Redis.from_url(redis.url)
-            try:
-                key = "rtg:recovery:log:/updates"
-                length = await client.xlen(key)
-                usage = await client.memory_usage(key, samples=0)
-                result["Redis bytes per retained event"] = round((usage or 0) / length)
-                result["retained events"] = length
-            finally:
-                await client.aclose()
-    return result
+async def measure(
+    gateways: dict[bool, Any], urls: dict[bool, str], token: str, args: argparse.Namespace
+) -> dict[str, dict[bool, float]]:
+    """Each figure for both gateways in turn, ``--rounds`` times: the medians."""
+    samples: dict[str, dict[bool, list[float]]] = {}
+
+    def add(name: str, recovery: bool, value: float) -> None:
+        samples.setdefault(name, {False: [], True: []})[recovery].append(value)
+
+    for _ in range(args.rounds):
+        for recovery in (False, True):
+            gateway = gateways[recovery]
+            add("emits/s, 1 at a time", recovery, await emit_rate(gateway, args.emits, 1))
+            add("emits/s, 32 at once", recovery, await emit_rate(gateway, args.emits, 32))
+            delivered = await fan_out(gateway, urls[recovery], token, args.clients, 500)
+            add(f"deliveries/s, {args.clients} clients", recovery, delivered)
+    return {
+        name: {recovery: statistics.median(values) for recovery, values in by.items()}
+        for name, by in samples.items()
+    }
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--emits", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    tokens = SignedTokenAuthenticator([SECRET], salt=SALT, max_age=600)
     with tempfile.TemporaryDirectory() as directory:
-        results = {}
-        for recovery in (False, True):
-            redis = RedisServer(redis_executable(), Path(directory), _free_port())
-            redis.start()
-            try:
-                results[recovery] = await run(redis, recovery, args)
-            finally:
-                redis.stop()
+        redis = RedisServer(redis_executable(), Path(directory), _free_port())
+        redis.start()
+        try:
+            gateways = {
+                # Both on one Redis, each with its own keys and channel, measured in
+                # turn so that the machine's drift hits both alike.
+                recovery: clinic_gateway(
+                    tokens,
+                    config=quick_config(
+                        redis_url=redis.url,
+                        redis_prefix="on" if recovery else "off",
+                        recovery_window=120 if recovery else None,
+                        max_sockets_per_user=1000,
+                        handshake_rate=10_000,
+                        handshake_burst=10_000,
+                    ),
+                )
+                for recovery in (False, True)
+            }
+            async with (
+                serve(gateways[False], "aiohttp") as off,
+                serve(gateways[True], "aiohttp") as on,
+            ):
+                for gateway in gateways.values():
+                    await emit_rate(gateway, 200, 1)  # warm-up
+                token = tokens.issue(USERS["nurse"])
+                figures = await measure(gateways, {False: off.url, True: on.url}, token, args)
+                client = aioredis.Redis.from_url(redis.url)
+                try:
+                    key = "on:recovery:log:/updates"
+                    length = await client.xlen(key)
+                    usage = await client.memory_usage(key, samples=0) or 0
+                    info = await client.info("commandstats")
+                finally:
+                    await client.aclose()
+        finally:
+            redis.stop()
     print(f"{'':40} {'recovery off':>14} {'recovery on':>14} {'on/off':>7}")
-    for name, on in results[True].items():
-        off = results[False].get(name)
-        ratio = f"{on / off:.2f}" if off else ""
-        off_text = "" if off is None else f"{off:,.0f}"
-        print(f"{name:40} {off_text:>14} {on:>14,.0f} {ratio:>7}")
+    for name, by in figures.items():
+        print(f"{name:40} {by[False]:>14,.0f} {by[True]:>14,.0f} {by[True] / by[False]:>7.2f}")
+    print(f"Redis bytes per retained event: {usage / length:.0f} ({length:,} retained)")
+    for command in ("publish", "evalsha"):
+        stats = info.get(f"cmdstat_{command}")
+        if stats:
+            print(f"Redis CPU per {command.upper()}: {stats['usec_per_call']} us")
 
 
 if __name__ == "__main__":

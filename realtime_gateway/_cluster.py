@@ -86,6 +86,7 @@ redis.call('SADD', KEYS[5], ARGV[3])
 return redis.call('DEL', KEYS[6])
 """
 _OVER_LIMIT = -1
+PENDING_LIMIT = 1_000  # own logged emits awaiting their echo (past it: checked as any)
 
 
 def process_id() -> str:
@@ -184,6 +185,9 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         # Namespaces with events sent here unlogged (Redis unreachable) since the
         # last append: the next append marks the gap.
         self._unlogged: set[str] = set()
+        # This process's logged emits until it hears them back, by nonce.
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._sent = 0
 
     def _encode(self, data: Mapping[str, Any]) -> str:
         if self._signer is None:
@@ -194,7 +198,12 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         try:
             message = json.loads(raw)
             offset = message.get("offset") if isinstance(message, dict) else None
-            if self._signer is not None:
+            # This process's own logged emit, heard back: the message it sent, with
+            # no signature to check again (it never left this process's hands).
+            mine = self._pending.pop(message.get("p"), None) if offset is not None else None
+            if mine is not None:
+                message = dict(mine)
+            elif self._signer is not None:
                 message = self._signer.loads(message["signed"])
         except (ValueError, TypeError, AttributeError, KeyError, BadSignature):
             return None
@@ -258,22 +267,32 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
             "callback": None,
             "host_id": self.host_id,
         }
-        offset = await self._append(stream, message)
+        self._sent += 1
+        nonce = f"{self.host_id[:16]}{self._sent:x}"
+        self._pending[nonce] = message
+        if len(self._pending) > PENDING_LIMIT:  # echoes that never came
+            del self._pending[next(iter(self._pending))]
+        offset = await self._append(stream, message, nonce)
         if offset is None:
             self._unlogged.add(namespace)
         if offset is None or not self.listening:
             # Not on the bus (Redis is unreachable), or this process cannot hear it.
+            self._pending.pop(nonce, None)
             await self._deliver(message, offset)
 
-    async def _append(self, stream: RedisRecoveryStore, message: dict[str, Any]) -> str | None:
-        """Log and publish ``message``: its offset, ``None`` if Redis is unreachable."""
+    async def _append(
+        self, stream: RedisRecoveryStore, message: dict[str, Any], nonce: str
+    ) -> str | None:
+        """Log and publish ``message``: its offset, ``None`` if Redis is unreachable.
+        ``nonce`` (outside the signature) lets this process know its own echo."""
         if not self._outage.may_try():
             return None
         publisher = self._client()
         namespace = message["namespace"]
+        signed = self._encode(message)
         call = stream.append_args(
             namespace,
-            self._encode(message),
+            f'{signed[:-1]},"p":{json.dumps(nonce)}}}',
             message["room"],
             message["skip_sid"],
             gap=namespace in self._unlogged,

@@ -206,7 +206,7 @@ class GatewayConfig:
     ``redis_url`` all of it lives in Redis (see :class:`RedisRecoveryStore`), under
     ``{redis_prefix}:recovery:``: a stream per namespace (``log:{namespace}``,
     trimmed at each append to ``recovery_log_events`` and to the window; each entry
-    the signed cluster message, about 350 bytes for a 100-byte event), the sessions
+    the signed cluster message, about 380 bytes for a 100-byte event), the sessions
     of dropped sockets (``parked:{pid digest}``, kept twice the window), and each
     process's live sessions (``live:{process}``, kept ``cluster_ttl`` + the window
     past its last heartbeat, so that the sockets of a process killed without

@@ -466,3 +466,32 @@ async def test_presence_does_not_flap_when_a_socket_recovers_on_another_process(
         else:
             told = sorted(event for event, _ in nurse_presence())
             assert told == ["presence:join", "presence:leave", "user:joined", "user:left"]
+
+
+async def test_events_published_throughout_a_recovery_arrive_exactly_once_in_order(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    await cluster.subscribed(2)
+    count = 300
+    async with nurse_on(cluster, a) as client:
+        await publish(cluster, a, 0)
+        assert await received(client, 1) == [0]
+
+        async def keep_publishing() -> None:
+            for n in range(1, count):
+                await publish(cluster, (a, b)[n % 2], n)
+
+        # Events go out before, while and after the client drops from A and is
+        # recovered on B (some reach it while its deliveries are held).
+        publishing = asyncio.create_task(keep_publishing())
+        await received(client, 10)
+        client.send("drop")
+        await client.disconnected()
+        await parked(cluster)
+        client.send("reconnect", url=b.url)
+        assert (await client.connected())["recovered"] is True
+        assert not publishing.done()  # the recovery happened mid-stream
+        await publishing
+        assert await received(client, count) == list(range(count))
+        assert in_stream_order(client)

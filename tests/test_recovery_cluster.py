@@ -495,3 +495,90 @@ async def test_events_published_throughout_a_recovery_arrive_exactly_once_in_ord
         await publishing
         assert await received(client, count) == list(range(count))
         assert in_stream_order(client)
+
+
+class Blackhole:
+    """A TCP proxy to ``port`` that can stop passing bytes without closing anything,
+    as a network that drops a client silently: the server notices only when its
+    ping times out."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.frozen = False
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> Blackhole:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writers += [writer, upstream_writer]
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            task = asyncio.create_task(self._pump(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                if not self.frozen:
+                    sink.write(data)
+                    await sink.drain()
+        finally:
+            if not self.frozen:
+                sink.close()
+
+
+async def test_a_client_back_before_its_server_noticed_is_taken_over_elsewhere(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    await cluster.subscribed(2)
+    token = cluster.tokens.issue(USERS["nurse"])
+    network = Blackhole(int(a.url.rsplit(":", 1)[1]))
+    async with network, js_client(network.url, UPDATES, auth={"token": token}) as client:
+        assert (await client.connected())["recovered"] is False
+        await client.call("subscribe:patient", {"patientId": "p1"})
+        await publish(cluster, b, 0)
+        assert await received(client, 1) == [0]
+
+        network.frozen = True  # A hears nothing more from it, nor it from A
+        client.send("drop")
+        await client.disconnected()
+        await publish(cluster, b, 1)
+        client.send("reconnect", url=b.url)
+        assert (await client.connected())["recovered"] is True
+        assert await received(client, 2) == [0, 1]
+
+        # A's ping timeout parks what it still had: that must not disturb the
+        # socket now on B, nor its next recovery.
+        await parked(cluster)
+        await publish(cluster, a, 2)
+        assert await received(client, 3) == [0, 1, 2]
+        client.send("drop")
+        await client.disconnected()
+        await publish(cluster, b, 3)
+        client.send("reconnect", url=a.url)
+        assert (await client.connected())["recovered"] is True
+        await publish(cluster, b, 4)
+        assert await received(client, 5) == [0, 1, 2, 3, 4]
+        assert in_stream_order(client)

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["RecoveryUnavailable", "RedisRecoveryStore"]
 
 PAGE = 500  # stream entries read per XRANGE
+CLAIMED_LIMIT = 10_000  # claimed sessions remembered until opened or put back
 
 # KEYS: stream, origin, gap. ARGV: max entries, window (ms), signed message, room
 # JSON, skip JSON, channel, "1" if this process sent events of the namespace it could
@@ -222,6 +223,9 @@ class RedisRecoveryStore:
         # heartbeat writes them again when Redis lost them (restarted, or down
         # when they were written).
         self._live: dict[str, str] = {}
+        # The parker of each session this process claimed, until it is opened here
+        # or put back (a claim the gateway then refused).
+        self._claimed: dict[str, str] = {}
         self._park_script = self.redis.register_script(_PARK)
         self._settle_script = self.redis.register_script(_SETTLE)
         self._close_script = self.redis.register_script(_CLOSE)
@@ -382,6 +386,7 @@ class RedisRecoveryStore:
         live = self._live_key(self.process)
         ttl = int((self._ttl + self.window) * 1000)
         name = _digest(session.pid)
+        self._claimed.pop(name, None)
         record = self._live[name] = _session_json(session)
 
         async def write() -> None:
@@ -408,13 +413,10 @@ class RedisRecoveryStore:
         name = _digest(session.pid)
         self._live.pop(name, None)
         keys = [self._key("parked", name), self._live_key(self.process)]
+        # A session put back after a claim that failed stays its parker's to settle.
+        owner = self._claimed.pop(name, self.process)
         # Kept as long again after the window, so that a late claim is "expired".
-        args = [
-            name,
-            _session_json(session),
-            self.process,
-            int((window + self.window) * 1000),
-        ]
+        args = [name, _session_json(session), owner, int((window + self.window) * 1000)]
         await self._call(lambda: self._park_script(keys=keys, args=args))
 
     async def claim(self, pid: str) -> RecoverySession | None:
@@ -422,14 +424,18 @@ class RedisRecoveryStore:
 
         async def take() -> Any:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hget(parked, "session")
+                pipe.hmget(parked, ["session", "process"])
                 pipe.delete(parked)
-                raw, _ = await pipe.execute()
-            return raw
+                found, _ = await pipe.execute()
+            return found
 
-        raw = await self._call(take)
+        raw, owner = await self._call(take)
         if raw is not None:
             session = _session_from_json(raw, pid)
+            claimed = self._claimed
+            claimed[_digest(pid)] = _text(owner)
+            if len(claimed) > CLAIMED_LIMIT:
+                del claimed[next(iter(claimed))]
             # Parked elsewhere, its rooms wait for that process's window end,
             # which this claim pre-empts. (A taken-over live session's rooms were
             # told of its departure by the sweep of its dead process, if at all.)

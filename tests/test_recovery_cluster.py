@@ -389,6 +389,11 @@ async def test_the_redis_store_keeps_the_memory_stores_semantics(
                 kept[-1],
             )
             assert await mine.claim(session.pid) is None
+            # Put back by the claimant (it refused the claim: another user's token),
+            # the session is still its parker's to settle.
+            await theirs.park(claimed, 20)
+            assert await theirs.settle(session.pid) is False
+            assert await mine.settle(session.pid) is True
 
             # A live one is taken over by another process, once; not by its own.
             live = attrs.evolve(session, pid="q" * 24)

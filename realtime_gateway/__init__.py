@@ -61,6 +61,7 @@ from ._recovery import OffsetLost as OffsetLost
 from ._recovery import RecoverySession as RecoverySession
 from ._recovery import RecoveryStore as RecoveryStore
 from ._recovery import TooManyMissed as TooManyMissed
+from ._recovery_redis import RedisRecoveryStore as RedisRecoveryStore
 from ._registry import ConnectionInfo as ConnectionInfo
 from ._registry import MemoryRegistry as MemoryRegistry
 from ._registry import Registry as Registry
@@ -120,6 +121,7 @@ __all__ = [
     "RecoveryStore",
     "RedactingAccessLogger",
     "RedactingFilter",
+    "RedisRecoveryStore",
     "RedisRevocationStore",
     "Registry",
     "RevocationStore",

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -33,21 +34,27 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import socketio
 from itsdangerous import BadSignature, URLSafeSerializer
+from socketio.packet import Packet
 
 from ._auth import SignedTokenAuthenticator
 from ._config import GatewayConfig, redis_address
 from ._connection import Connection
 from ._exceptions import ConfigurationError
-from ._fanout import RoomIndex
+from ._fanout import RoomIndex, deliver, encode_event
 from ._identity import Identity
 from ._log import log
 from ._metrics import Metrics
 from ._outage import Outage
+from ._recovery import OffsetKey, offset_key
 from ._registry import ConnectionInfo, MemoryRegistry
+
+if TYPE_CHECKING:
+    from ._recover import Recovery
+    from ._recovery_redis import RedisRecoveryStore
 
 __all__ = [
     "Cluster",
@@ -79,6 +86,7 @@ redis.call('SADD', KEYS[5], ARGV[3])
 return redis.call('DEL', KEYS[6])
 """
 _OVER_LIMIT = -1
+PENDING_LIMIT = 1_000  # own logged emits awaiting their echo (past it: checked as any)
 
 
 def process_id() -> str:
@@ -126,10 +134,23 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
     ``None`` sends them unsigned (and accepts only unsigned ones). ``dropped`` is
     called for every message refused. ``control`` receives the gateway's own
     control messages (those with a ``"rtg"`` key) from other processes.
+
+    Local delivery is python-socketio's, but task-free (the fan-out of
+    :mod:`._fanout`, shared with the in-process manager). With missed-message
+    recovery on (``stream`` set, by :class:`~._recovery_redis.RedisRecoveryStore`),
+    an emit to a room without a callback is appended to its namespace's stream
+    and published by one script; the stream id is its offset, carried outside
+    the signed part of the message. Every process, this one included, delivers
+    it when it hears it on the bus: each socket then gets events in the stream's
+    order, which exactly-once recovery needs (the client keeps only its last
+    offset). While Redis is unreachable an emit is delivered here without an
+    offset, and nothing is logged.
     """
 
     connected: bool
     host_id: str
+    recovery: Recovery | None = None
+    stream: RedisRecoveryStore | None = None
 
     def __init__(
         self,
@@ -157,6 +178,16 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         self._canary_heard = 0
         self.heard_at = time.monotonic()
         """When this process last heard its own canary (``time.monotonic()``)."""
+        self.listening = False
+        """Whether this process is subscribed to the channel (so hears its own emits)."""
+        self.heads: dict[str, tuple[str, OffsetKey]] = {}
+        """The newest offset delivered here, by namespace."""
+        # Namespaces with events sent here unlogged (Redis unreachable) since the
+        # last append: the next append marks the gap.
+        self._unlogged: set[str] = set()
+        # This process's logged emits until it hears them back, by nonce.
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._sent = 0
 
     def _encode(self, data: Mapping[str, Any]) -> str:
         if self._signer is None:
@@ -166,23 +197,171 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
     def _decode(self, raw: bytes | str) -> dict[str, Any] | None:
         try:
             message = json.loads(raw)
-            if self._signer is not None:
+            offset = message.get("offset") if isinstance(message, dict) else None
+            # This process's own logged emit, heard back: the message it sent, with
+            # no signature to check again (it never left this process's hands).
+            mine = self._pending.pop(message.get("p"), None) if offset is not None else None
+            if mine is not None:
+                message = dict(mine)
+            elif self._signer is not None:
                 message = self._signer.loads(message["signed"])
-        except (ValueError, TypeError, KeyError, BadSignature):
+        except (ValueError, TypeError, AttributeError, KeyError, BadSignature):
             return None
-        return message if isinstance(message, dict) else None
+        if not isinstance(message, dict):
+            return None
+        # The offset is the stream id Redis gave the event, added by the append
+        # script outside the signature: only a well-formed one is taken.
+        message.pop("offset", None)
+        if offset is not None:
+            if offset_key(offset) is None:
+                return None
+            message["offset"] = offset
+        return message
 
-    async def _publish(self, data: Any) -> Any:
+    # -- emitting ---------------------------------------------------------------------
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        room = to or room
+        namespace = namespace or "/"
+        stream = self.stream
+        if (
+            stream is None
+            or callback is not None
+            or kwargs.get("ignore_queue")
+            or (isinstance(room, str) and self.is_sid_room(namespace, room))
+        ):
+            await super().emit(
+                event,
+                data,
+                namespace=namespace,
+                room=room,
+                skip_sid=skip_sid,
+                callback=callback,
+                **kwargs,
+            )
+            return
+        # python-socketio's message, as AsyncPubSubManager.emit builds it.
+        args = list(data) if isinstance(data, tuple) else [data]
+        binary = Packet.data_is_binary(args)
+        if binary:
+            args, attachments = Packet.deconstruct_binary(args)
+            args = [args, *[base64.b64encode(a).decode() for a in attachments]]
+        message = {
+            "method": "emit",
+            "event": event,
+            "data": args,
+            "binary": binary,
+            "namespace": namespace,
+            "room": room,
+            "skip_sid": skip_sid,
+            "callback": None,
+            "host_id": self.host_id,
+        }
+        self._sent += 1
+        nonce = f"{self.host_id[:16]}{self._sent:x}"
+        self._pending[nonce] = message
+        if len(self._pending) > PENDING_LIMIT:  # echoes that never came
+            del self._pending[next(iter(self._pending))]
+        offset = await self._append(stream, message, nonce)
+        if offset is None:
+            self._unlogged.add(namespace)
+        if offset is None or not self.listening:
+            # Not on the bus (Redis is unreachable), or this process cannot hear it.
+            self._pending.pop(nonce, None)
+            await self._deliver(message, offset)
+
+    async def _append(
+        self, stream: RedisRecoveryStore, message: dict[str, Any], nonce: str
+    ) -> str | None:
+        """Log and publish ``message``: its offset, ``None`` if Redis is unreachable.
+        ``nonce`` (outside the signature) lets this process know its own echo."""
         if not self._outage.may_try():
-            return None  # Redis is down: local delivery already happened
+            return None
+        publisher = self._client()
+        namespace = message["namespace"]
+        signed = self._encode(message)
+        call = stream.append_args(
+            namespace,
+            f'{signed[:-1]},"p":{json.dumps(nonce)}}}',
+            message["room"],
+            message["skip_sid"],
+            gap=namespace in self._unlogged,
+        )
+        try:
+            offset = await stream.append_script(**call, client=publisher)
+        except Exception as exc:
+            self._outage.failed(exc)
+            return None
+        self._outage.succeeded()
+        self._unlogged.discard(namespace)
+        return offset.decode() if isinstance(offset, bytes) else str(offset)
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        if message.get("callback") is not None:
+            await super()._handle_emit(message)
+            return
+        await self._deliver(message, message.get("offset"))
+
+    def frames_of(self, message: Mapping[str, Any], offset: str | None) -> tuple[Any, ...]:
+        """The frames of an emit ``message`` (``offset`` as its last argument)."""
+        data = message["data"]
+        if message.get("binary"):
+            attachments = [base64.b64decode(a) for a in data[1:]]
+            data = Packet.reconstruct_binary(data[0], attachments)
+        # python-socketio's arguments: a list of one is that one (None is none).
+        if isinstance(data, list) and len(data) == 1:
+            args = [] if data[0] is None else [data[0]]
+        else:
+            args = list(data) if isinstance(data, list | tuple) else [data]
+        if offset is not None:
+            args.append(offset)
+        return encode_event(self.server, message["event"], args, message["namespace"] or "/")
+
+    async def _deliver(self, message: dict[str, Any], offset: str | None) -> None:
+        """Deliver an emit ``message`` to this process's sockets, task-free."""
+        namespace = message.get("namespace") or "/"
+        key = None
+        if offset is not None:
+            key = self.saw(namespace, offset)
+        frames = self.frames_of(message, offset)
+        skip_sid = message.get("skip_sid")
+        skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
+        await deliver(self, namespace, message.get("room"), skip, frames, key)
+
+    def saw(self, namespace: str, offset: str) -> OffsetKey | None:
+        """Note that ``offset`` was delivered here; its key."""
+        key = offset_key(offset)
+        if key is not None:
+            seen = self.heads.get(namespace)
+            if seen is None or key > seen[1]:
+                self.heads[namespace] = (offset, key)
+        return key
+
+    def _client(self) -> Any:
         if self._publisher is None:
             # A client of its own: the listener's connection is never disturbed, and
             # the client's pool reconnects by itself once Redis is back.
             self._publisher = self._get_redis_module().Redis.from_url(
                 self.redis_url, **self.redis_options
             )
+        return self._publisher
+
+    async def _publish(self, data: Any) -> Any:
+        if not self._outage.may_try():
+            return None  # Redis is down: local delivery already happened
+        publisher = self._client()
         try:
-            result = await self._publisher.publish(self.channel, self._encode(data))
+            result = await publisher.publish(self.channel, self._encode(data))
         except Exception as exc:
             self._outage.failed(exc)
             return None
@@ -190,9 +369,16 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         return result
 
     async def close(self) -> None:
-        """Close the publishing client."""
+        """Close the publishing client and the listener's (the listener stopped)."""
         if self._publisher is not None:
             await self._publisher.aclose()
+        pubsub = getattr(self, "pubsub", None)
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
 
     async def publish_control(self, data: Mapping[str, Any]) -> bool:
         """Send a control message to the other processes; ``False`` if it could not
@@ -220,7 +406,7 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
                 if not subscribed:
                     self._redis_connect()
                     await self.pubsub.subscribe(self.channel)
-                    subscribed = True
+                    subscribed = self.listening = True
                     if self._listen_outage.down:
                         self._listen_outage.succeeded()
                         # Whatever was published meanwhile never reached this process.
@@ -233,7 +419,7 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                subscribed = False
+                subscribed = self.listening = False
                 self._listen_outage.failed(exc)
                 await asyncio.sleep(self._listen_outage.backoff)
 
@@ -245,6 +431,14 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
             data = self._decode(message.get("data", b""))
             if data is None:
                 self._dropped()
+                continue
+            if "offset" in data and data.get("method") == "emit":
+                # A logged emit, this process's own included (python-socketio's
+                # listener would skip those): delivered in the bus's order.
+                try:
+                    await self._handle_emit(data)
+                except Exception as exc:
+                    log(logging.ERROR, "cluster_delivery_failed", error=type(exc).__name__)
                 continue
             if data.get("rtg"):
                 own = data.get("host_id") == self.host_id
@@ -733,6 +927,7 @@ class Cluster:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._canary_task: asyncio.Task[None] | None = None
         self._deaf = False
+        self._beats: list[Callable[[], Awaitable[None]]] = []
         # One retry on a dropped connection: after a Redis restart the first command
         # on each pooled connection fails although Redis is back.
         options: dict[str, Any] = {
@@ -839,9 +1034,18 @@ class Cluster:
             except Exception as exc:
                 log(logging.ERROR, "heartbeat_failed", error=type(exc).__name__)
 
+    def on_beat(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Also run ``callback`` at each heartbeat (its failures are logged)."""
+        self._beats.append(callback)
+
     async def _beat(self) -> None:
         await self.registry.heartbeat()
         await self.registry.publish_stats(await self._stats())
+        for callback in self._beats:
+            try:
+                await callback()
+            except Exception as exc:
+                log(logging.ERROR, "heartbeat_failed", error=type(exc).__name__)
 
     async def publish_control(self, message: Mapping[str, Any]) -> bool:
         """Send a control message to every other process; ``False`` if it could not

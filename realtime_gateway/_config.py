@@ -234,7 +234,15 @@ class GatewayConfig:
     argument. A recovery replays at most ``recovery_max_packets`` events, or none.
     Each namespace's log keeps the events of the window, at most
     ``recovery_log_events`` of them; in memory all logs together hold at most
-    ``recovery_log_bytes`` (encoded events and their entries; the oldest go first).
+    ``recovery_log_bytes`` (encoded events and their entries; the oldest go
+    first). With ``redis_url`` all of it lives in Redis (see :class:`RedisRecoveryStore`), under
+    ``{redis_prefix}:recovery:``: a stream per namespace (``log:{namespace}``,
+    trimmed at each append to ``recovery_log_events`` and to the window; each entry
+    the signed cluster message, about 380 bytes for a 100-byte event), the sessions
+    of dropped sockets (``parked:{pid digest}``, kept twice the window), and each
+    process's live sessions (``live:{process}``, kept ``cluster_ttl`` + the window
+    past its last heartbeat, so that the sockets of a process killed without
+    notice can be recovered on another).
     ``log_key``: the key of the user pseudonyms in log records (default: a random
     key per process); set it to correlate records across processes and restarts.
     ``log_repeat_limit``: at most this many records of one kind (``what``) at

@@ -27,12 +27,12 @@ from engineio import packet as eio_packet
 from socketio import packet
 
 from ._engine import SizedPacket
-from ._recovery import LogEntry, MemoryRecoveryStore, offset_key
+from ._recovery import LogEntry, MemoryRecoveryStore, OffsetKey, offset_key
 
 if TYPE_CHECKING:
     from ._recover import Recovery
 
-__all__ = ["FanOutManager", "RoomIndex"]
+__all__ = ["FanOutManager", "RoomIndex", "deliver", "encode_event"]
 
 
 class RoomIndex:
@@ -132,11 +132,7 @@ class FanOutManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
             # An event to a room (not a socket's private one): logged for recovery.
             offset = log.next_offset()
             args.append(offset)
-        encoded = self.server.packet_class(
-            packet.EVENT, namespace=namespace, data=[event, *args]
-        ).encode()
-        parts = encoded if isinstance(encoded, list) else [encoded]
-        frames = tuple(SizedPacket(eio_packet.MESSAGE, part) for part in parts)
+        frames = encode_event(self.server, event, args, namespace)
         key = None
         if log is not None and offset is not None:
             log.append(
@@ -145,20 +141,44 @@ class FanOutManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
                     offset=offset,
                     rooms=tuple(room) if isinstance(room, list) else room,
                     skip=tuple(skip_sid) if isinstance(skip_sid, list) else skip_sid,
-                    frames=tuple(parts),
+                    frames=tuple(frame.data for frame in frames),
                 ),
             )
             key = offset_key(offset)
-        recovery = self.recovery
-        holding = recovery.holding if recovery is not None else None
-        send = self.server._send_eio_packet
-        for sid, eio_sid in self.get_participants(namespace, room):
-            if sid in skip:
-                continue
-            if holding and sid in holding:
-                recovery.hold(sid, key, frames)  # type: ignore[union-attr]
-                continue
-            for frame in frames:
-                # Puts the frame on the socket's queue (EngineSocket.send, which
-                # applies the pending-output bound), or skips a closed socket.
-                await send(eio_sid, frame)
+        await deliver(self, namespace, room, skip, frames, key)
+
+
+def encode_event(
+    server: Any, event: str, args: list[Any], namespace: str
+) -> tuple[SizedPacket, ...]:
+    """``event`` with ``args`` as engine.io MESSAGE frames, encoded once."""
+    encoded = server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+    parts = encoded if isinstance(encoded, list) else [encoded]
+    return tuple(SizedPacket(eio_packet.MESSAGE, part) for part in parts)
+
+
+async def deliver(
+    manager: Any,
+    namespace: str,
+    room: Any,
+    skip: set[Any],
+    frames: tuple[SizedPacket, ...],
+    key: OffsetKey | None,
+) -> None:
+    """Hand ``frames`` to every socket of ``manager`` in ``room`` but those in
+    ``skip``, in turn and without a task each; a socket being recovered has them
+    held instead (``key`` is the event's offset, if it has one). Shared by the
+    in-process and the cluster managers."""
+    recovery: Recovery | None = manager.recovery
+    holding = recovery.holding if recovery is not None else None
+    send = manager.server._send_eio_packet
+    for sid, eio_sid in manager.get_participants(namespace, room):
+        if sid in skip:
+            continue
+        if holding and sid in holding:
+            recovery.hold(sid, key, frames)  # type: ignore[union-attr]
+            continue
+        for frame in frames:
+            # Puts the frame on the socket's queue (EngineSocket.send, which
+            # applies the pending-output bound), or skips a closed socket.
+            await send(eio_sid, frame)

@@ -43,6 +43,7 @@ from ._namespace import GatewayNamespace, UpdatePublisher, role_room, user_room
 from ._notification import make_notification
 from ._recover import Recovery
 from ._recovery import MemoryRecoveryStore, RecoveryStore
+from ._recovery_redis import RedisRecoveryStore
 from ._registry import ConnectionInfo, MemoryRegistry, Registry
 from ._revocation import MemoryRevocationStore, RedisRevocationStore, RevocationStore
 from ._server import OriginPolicy, build_server
@@ -293,6 +294,10 @@ class Gateway:
         """The default store: in this process, or on Redis with ``redis_url``."""
         config = self.config
         assert config.recovery_window is not None
+        if self._cluster is not None:
+            return RedisRecoveryStore(
+                self._cluster, window=config.recovery_window, max_events=config.recovery_log_events
+            )
         return MemoryRecoveryStore(
             window=config.recovery_window,
             max_events=config.recovery_log_events,

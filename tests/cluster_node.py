@@ -3,11 +3,12 @@ process so that the test can kill it::
 
     python tests/cluster_node.py --port P --redis-url URL --secret KEY [--ttl T]
         [--max-age SECONDS] [--idle-timeout SECONDS] [--canary-interval SECONDS]
-        [--max-sockets-per-user N]
+        [--max-sockets-per-user N] [--recovery-window SECONDS]
 
 Serves the reference clinic gateway (built-in namespaces, reference rules, tokens
 signed with ``--secret`` and accepted for ``--max-age`` seconds, idle logoff after
-``--idle-timeout`` seconds if given) with its admin API, plus two test-only routes:
+``--idle-timeout`` seconds and missed-message recovery for ``--recovery-window``
+seconds if given) with its admin API, plus two test-only routes:
 ``POST /test/emit`` ``{kind, target, event, data, namespace, identity?}`` calls the
 gateway's emit_to_user / emit_to_role / emit_to_room / broadcast / reauthorize, and
 ``GET /test/process`` answers this process's cluster name. Prints ``ready`` once it
@@ -54,6 +55,7 @@ def build_app(args: argparse.Namespace) -> tuple[web.Application, Gateway]:
             idle_timeout=args.idle_timeout,
             cluster_canary_interval=args.canary_interval,
             max_sockets_per_user=args.max_sockets_per_user,
+            recovery_window=args.recovery_window,
         ),
     )
     app = web.Application()
@@ -104,6 +106,7 @@ async def main() -> None:
     parser.add_argument("--idle-timeout", type=float, default=None)
     parser.add_argument("--canary-interval", type=float, default=2.0)
     parser.add_argument("--max-sockets-per-user", type=int, default=50)
+    parser.add_argument("--recovery-window", type=float, default=None)
     args = parser.parse_args()
     # Warnings go to stderr, which the test keeps in a file and reads.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")

@@ -2,11 +2,15 @@
 // Commands (one JSON object per line on stdin):
 //   {"cmd": "connect", "url": ..., "namespace": ..., "auth": {...}, "transports": [...]}
 //   {"cmd": "drop"}              close the transport as a network failure would
-//   {"cmd": "reconnect", "auth"} connect again (with new auth, if given)
+//   {"cmd": "reconnect", "auth", "url"} connect again (with new auth, if given; to
+//                               another server, if given: the Manager opens its
+//                               next engine on socket.io.uri)
+//   {"cmd": "pause"}             reconnect only when told to (a server that dies
+//                               is then not retried)
 //   {"cmd": "disconnect"}        an explicit disconnect
 //   {"cmd": "emit", "event": ..., "args": [...], "ack": true}
 //   {"cmd": "exit"}
-// Reports (one JSON object per line on stdout): {"type": "connect", "id", "recovered"},
+// Reports (one JSON object per line on stdout): {"type": "connect", "id", "recovered", "pid"},
 // {"type": "disconnect", "reason"}, {"type": "connect_error", "message", "data"},
 // {"type": "event", "name", "args"}, {"type": "ack", "n", "args"}.
 "use strict";
@@ -27,7 +31,8 @@ const commands = {
       reconnectionDelayMax: 200,
     });
     socket.on("connect", () =>
-      say({ type: "connect", id: socket.id, recovered: socket.recovered, pid: socket._pid }),
+      // _pid: the private id the server gave (socket.io-client keeps it there).
+      say({ type: "connect", id: socket.id, recovered: socket.recovered, pid: socket._pid || null }),
     );
     socket.on("disconnect", (reason) => say({ type: "disconnect", reason }));
     socket.on("connect_error", (err) => say({ type: "connect_error", message: err.message, data: err.data || null }));
@@ -39,8 +44,12 @@ const commands = {
     socket.io.reconnection(false);
     socket.io.engine.close();
   },
-  reconnect({ auth }) {
+  pause() {
+    socket.io.reconnection(false);
+  },
+  reconnect({ auth, url }) {
     if (auth) socket.auth = auth;
+    if (url) socket.io.uri = url;
     socket.io.reconnection(true);
     socket.connect();
   },

@@ -190,9 +190,7 @@ class Gateway:
     def _log_started(self) -> None:
         """One INFO record saying the gateway is up and how it is set up."""
         config = self.config
-        # recovery_window: read this way so that the line works whether or not the
-        # setting exists in this version.
-        recovery = getattr(config, "recovery_window", None)
+        recovery = config.recovery_window
         log(
             logging.INFO,
             "gateway_started",

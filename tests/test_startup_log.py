@@ -6,12 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-import attrs
 import pytest
 
 from realtime_gateway import (
     Gateway,
-    GatewayConfig,
     SignedTokenAuthenticator,
     default_namespaces,
     reference_rules,
@@ -45,13 +43,6 @@ def records() -> Iterator[Records]:
         logger.setLevel(level)
 
 
-@attrs.frozen(kw_only=True)
-class WithRecovery(GatewayConfig):
-    """Stands for a configuration with recovery turned on."""
-
-    recovery_window: float | None = 120.0
-
-
 @pytest.mark.parametrize("recovery", [False, True], ids=["recovery-off", "recovery-on"])
 async def test_one_info_line_at_start(
     server_kind: str,
@@ -60,8 +51,7 @@ async def test_one_info_line_at_start(
     records: Records,
     recovery: bool,
 ) -> None:
-    settings = quick_config(path="/rt")
-    config = WithRecovery(**attrs.asdict(settings, recurse=False)) if recovery else settings
+    config = quick_config(path="/rt", recovery_window=120 if recovery else None)
     gateway = Gateway(
         authenticator=authenticator,
         authorizer=reference_rules(),

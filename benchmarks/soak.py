@@ -599,9 +599,11 @@ class Soak:
                             await asyncio.sleep(0)
                 flood.sent += sent
             flood.seconds = time.perf_counter() - began
-            await asyncio.sleep(0.5)  # the last answers arrive
-            after = await self.sample()
             await _close_all(clients)
+            # Sampled once the clients are closed: every answer they counted was
+            # counted by the server first (one could still be arriving at the end of
+            # a fixed wait, and the client would count more than the server).
+            after = await self.sample()
         flood.answers = sum(client.answers for client in clients)
         flood.rate_limited = sum(client.rate_limited for client in clients)
         flood.server_rate_limited = after.rate_limited - before.rate_limited

@@ -62,11 +62,12 @@ clean:
 # of the gateway alone: writes benchmarks/RESULTS.md. Node's socket.io goes into
 # benchmarks/node/node_modules. `make soak` runs the soak alone (benchmarks/SOAK.md).
 .PHONY: bench soak
-bench: $(STAMP)
+bench: $(STAMP) system-packages
 	@test -f benchmarks/node/node_modules/socket.io/package.json || \
 		npm install --prefix benchmarks/node --no-audit --no-fund
 	@test -x $(VENV)/bin/py-spy || $(PY) -m pip install --quiet py-spy
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/recovery_redis.py
 
 soak: $(STAMP)
 	$(PY) benchmarks/run.py --scenarios SOAK --servers A --out benchmarks/SOAK.md

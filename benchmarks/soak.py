@@ -431,15 +431,19 @@ class Soak:
         t = self.elapsed() if self.started else 0.0
         return Sample.parse(t, self.phase() if self.started else "idle", figures)
 
-    async def settle(self, live: int) -> tuple[Sample, float]:
+    async def settle(self, live: int, *, tasks: int | None = None) -> tuple[Sample, float]:
         """Sample until the registry, the connections and the engine.io sessions all
-        equal ``live`` (a disconnect in flight finishes), at most ``SETTLE_WITHIN``
-        seconds; the last sample and the seconds it took."""
+        equal ``live`` (a disconnect in flight finishes), and the tasks but ping
+        timers number at most ``tasks`` if given (a close in flight finishes too), at
+        most ``SETTLE_WITHIN`` seconds; the last sample and the seconds it took."""
         began = time.perf_counter()
         while True:
             found = await self.sample()
             waited = time.perf_counter() - began
-            if found.matches(live) or waited > SETTLE_WITHIN:
+            settled = found.matches(live) and (
+                tasks is None or found.tasks - found.ping_timers <= tasks
+            )
+            if settled or waited > SETTLE_WITHIN:
                 return found, waited
             await asyncio.sleep(0.05)
 
@@ -481,7 +485,10 @@ class Soak:
                 report.held = len(live) + 1  # and the controller
                 report.frozen, report.settle_seconds = await self.settle(report.held)
                 await _close_all(live)
-                report.drained, _ = await self.settle(1)
+                idle = report.idle
+                report.drained, _ = await self.settle(
+                    1, tasks=None if idle is None else idle.tasks - idle.ping_timers
+                )
                 await controller.close()
                 report.closed, _ = await self.settle(0)
             finally:

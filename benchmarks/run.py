@@ -1097,6 +1097,67 @@ def gc_pauses(server: ServerProcess) -> list[GcPause]:
     return pauses
 
 
+@attrs.frozen
+class Stall:
+    """A stretch the server's (``BENCH_STALL_LOG``) or the load generator's loop was
+    held: one callback (``slow``) or a 1 ms sleeper woken late (``lag``)."""
+
+    kind: str  # "slow", "lag" or "own" (the load generator's lag)
+    ended: float  # Unix time
+    ms: float
+    what: str = ""
+
+
+def server_stalls(server: ServerProcess) -> list[Stall]:
+    """The stalls the server has logged so far (with ``BENCH_STALL_LOG``)."""
+    stalls = []
+    for line in server.log_tail(10_000_000).splitlines():
+        words = line.split(maxsplit=3)
+        if len(words) >= 3 and words[0] in ("slow", "lag"):
+            what = words[3] if len(words) == 4 else ""
+            stalls.append(Stall(words[0], float(words[1]), float(words[2]), what))
+    return stalls
+
+
+async def sample_own_lag(into: list[Stall]) -> None:
+    """Note each time this process's loop woke a 1 ms sleeper 2 ms late or more."""
+    while True:
+        due = time.perf_counter() + 0.001
+        await asyncio.sleep(0.001)
+        late = 1000 * (time.perf_counter() - due)
+        if late >= 2.0:
+            into.append(Stall("own", time.time(), late))
+
+
+def _stall_summary(stalls: Sequence[Stall], start: float, end: float) -> str:
+    inside = [stall for stall in stalls if start <= stall.ended <= end]
+    parts = []
+    for kind, label in (
+        ("slow", "server callbacks of 2 ms or more"),
+        ("lag", "server loop late 2 ms or more"),
+        ("own", "load generator loop late 2 ms or more"),
+    ):
+        of_kind = sorted((s for s in inside if s.kind == kind), key=lambda s: -s.ms)
+        if not of_kind:
+            parts.append(f"{label}: none")
+            continue
+        ms = [s.ms for s in of_kind]
+        part = (
+            f"{label}: {len(ms)}, {sum(ms):.0f} ms in all, >=5 ms: "
+            f"{sum(m >= 5 for m in ms)}, >=10 ms: {sum(m >= 10 for m in ms)}, "
+            f"the longest {ms[0]:.1f} ms"
+        )
+        if kind == "slow":
+            by_what: dict[str, float] = {}
+            for stall in of_kind:
+                key = stall.what.split(" at 0x")[0][:80]
+                by_what[key] = by_what.get(key, 0.0) + stall.ms
+            top = sorted(by_what.items(), key=lambda item: -item[1])[:4]
+            part += " (by what, ms: " + "; ".join(f"{w} {t:.0f}" for w, t in top) + ")"
+        parts.append(part)
+    return ", ".join(parts)
+
+
 def _gc_summary(pauses: Sequence[GcPause], start: float, end: float) -> str:
     inside = [pause for pause in pauses if start <= pause.ended <= end]
     if not inside:
@@ -1121,6 +1182,7 @@ class StormRun:
     first_expired: float = 0.0  # seconds from the expiry to the first auth:expired
     busy: dict[str, tuple[float, float, float]] = attrs.field(factory=dict)  # by window
     gc: dict[str, str] = attrs.field(factory=dict)  # by window
+    stalls: dict[str, str] = attrs.field(factory=dict)  # by window (BENCH_STALL_LOG)
     too_short: bool = False  # the connects left less than storm_min_quiet before expiry
 
     @property
@@ -1169,6 +1231,7 @@ class StormRun:
             f"{self.quiet_seconds:.1f} s, {len(self.quiet):,} calls ({busy['quiet']}; "
             f"{self.gc['quiet']}); storm window {self.storm_seconds:.1f} s, "
             f"{len(self.storm):,} calls ({busy['storm']}; {self.gc['storm']})."
+            + "".join(f" {window}: {text}." for window, text in self.stalls.items())
             + (
                 f" **Not counted**: other processes took {self.others:.0%} of a CPU."
                 if judge and self.others > BUSY_MACHINE
@@ -1260,6 +1323,7 @@ async def _storm(
     rng = random.Random(11)  # noqa: S311 (pacing, not secrets)
     text = "x" * 64
     calls: list[_Call] = []
+    own_stalls: list[Stall] = []
     stop = asyncio.Event()
 
     async def keep_calling(index: int, client: Client) -> None:
@@ -1298,6 +1362,8 @@ async def _storm(
                 asyncio.create_task(keep_calling(index, client))
                 for index, client in enumerate(steady)
             ]
+            sampler = asyncio.create_task(sample_own_lag(own_stalls))
+            callers.append(sampler)
             try:
                 async with _Usage(server) as usage, ctx.measuring(server):
                     deadline = expiry + STORM_TIMEOUT - time.perf_counter()
@@ -1309,7 +1375,8 @@ async def _storm(
                     window = (expiry, last + sizes.storm_settle)
                     await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
                     stop.set()
-                    await asyncio.gather(*callers)
+                    sampler.cancel()
+                    await asyncio.gather(*callers, return_exceptions=True)
             finally:
                 stop.set()
                 for task in callers:
@@ -1323,6 +1390,7 @@ async def _storm(
         if client.disconnected_at is not None or client.events["auth:expired"]:
             check.fail(f"steady client {client.name} was ended")
     pauses = gc_pauses(server)
+    stalls = server_stalls(server) + own_stalls
     expired_at = [c.first_seen["auth:expired"] for c in doomed if c.events["auth:expired"]]
     return StormRun(
         ended=_check_expired(check, doomed, expiry),
@@ -1338,6 +1406,12 @@ async def _storm(
             "quiet": _gc_summary(pauses, quiet[0] + offset, quiet[1] + offset),
             "storm": _gc_summary(pauses, window[0] + offset, window[1] + offset),
         },
+        stalls={
+            "quiet": _stall_summary(stalls, quiet[0] + offset, quiet[1] + offset),
+            "storm": _stall_summary(stalls, window[0] + offset, window[1] + offset),
+        }
+        if os.environ.get("BENCH_STALL_LOG")
+        else {},
     )
 
 

@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import attrs
@@ -49,7 +49,7 @@ __all__ = ["SessionTimers"]
 
 # Seconds the drain task works before it pauses: a budget of time, not a count of
 # sockets, so the other clients wait behind at most one slice.
-_SLICE = 0.002
+_SLICE = 0.0005
 # How long the drain pauses after a slice, in slices. Ending a socket also costs
 # work outside the drain (its transport closing), so the other clients need far
 # more than the drain's own time: 5,000 sockets expiring together end within about
@@ -156,7 +156,8 @@ class SessionTimers:
         self._warnings: _Buckets[_Entry] = _Buckets(self._warn)
         self._endings: _Buckets[_Entry] = _Buckets(self._expire)
         self._idle_checks: _Buckets[_Idle] = _Buckets(self._idle_due)
-        self._queue: deque[tuple[_Entry | _Idle, str]] = deque()
+        # Work by kind, each item a run of entries: a whole bucket queues as one.
+        self._queue: deque[tuple[Iterator[_Entry | _Idle], str]] = deque()
         self._drain: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -259,38 +260,34 @@ class SessionTimers:
     # -- the bucket callbacks: they only queue, a bucket at a time --------------------
 
     def _warn(self, bucket: _Bucket[_Entry]) -> None:
-        queue = self._queue
-        for entry in bucket.values():
-            entry.warning = None
-            queue.append((entry, "expiring"))
-        self._start()
+        # The bucket left _Buckets as it came due: nothing changes it any more, and
+        # an entry cancelled since is skipped by the drain.
+        self._push_all(bucket.values(), "expiring")
 
     def _expire(self, bucket: _Bucket[_Entry]) -> None:
-        queue = self._queue
-        for entry in bucket.values():
-            entry.ending = None
-            queue.append((entry, "expired"))
-        self._start()
+        self._push_all(bucket.values(), "expired")
 
     def _idle_due(self, bucket: _Bucket[_Idle]) -> None:
         now = asyncio.get_running_loop().time()
         timeout = self._gateway.config.idle_timeout
         assert timeout is not None
+        idle_now: list[_Idle] = []
         for idle in bucket.values():
             idle.tick = None
             due = idle.last + timeout
             if now < due:  # there was activity since: wait for the new deadline
                 idle.tick = self._idle_checks.add(due, idle.eio_sid, idle)
             else:
-                self._queue.append((idle, "idle"))
-        self._start()
+                idle_now.append(idle)
+        if idle_now:
+            self._push_all(idle_now, "idle")
 
     def _push(self, entry: _Entry | _Idle, what: str) -> None:
-        self._queue.append((entry, what))
-        self._start()
+        self._push_all((entry,), what)
 
-    def _start(self) -> None:
-        if self._queue and (self._drain is None or self._drain.done()):
+    def _push_all(self, entries: Iterable[_Entry | _Idle], what: str) -> None:
+        self._queue.append((iter(entries), what))
+        if self._drain is None or self._drain.done():
             self._drain = asyncio.get_running_loop().create_task(self._run())
 
     # -- the drain task ----------------------------------------------------------------
@@ -300,7 +297,11 @@ class SessionTimers:
         while self._queue:
             started = loop.time()
             while self._queue and loop.time() - started < _SLICE:
-                entry, what = self._queue.popleft()
+                entries, what = self._queue[0]
+                entry = next(entries, None)
+                if entry is None:
+                    self._queue.popleft()
+                    continue
                 try:
                     if isinstance(entry, _Idle):
                         if self._idle.get(entry.eio_sid) is entry:

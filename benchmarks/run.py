@@ -333,9 +333,17 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the server has used."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.pid)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` has used (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- profiling ------------------------------------------------------------------------
@@ -1030,8 +1038,9 @@ class _Usage:
     every 50 ms, to tell how busy each was in a window (the rest of the machine's
     load is what other processes took)."""
 
-    def __init__(self, server: ServerProcess) -> None:
+    def __init__(self, server: ServerProcess, helpers: Sequence[int] = ()) -> None:
         self.server = server
+        self.helpers = helpers  # load-generator processes of the harness's own
         # perf_counter, server, this process, all CPUs
         self.samples: list[tuple[float, float, float, float]] = []
         self._task: asyncio.Task[None] | None = None
@@ -1052,7 +1061,7 @@ class _Usage:
                 (
                     time.perf_counter(),
                     self.server.cpu_seconds(),
-                    time.process_time(),
+                    time.process_time() + sum(process_cpu_seconds(pid) for pid in self.helpers),
                     machine_cpu_seconds(),
                 )
             )
@@ -1345,6 +1354,7 @@ async def _storm(
     async with LoadGenerator(server.url) as gen:
         steady = await _connect(gen, ctx, spec, sizes.storm_steady, prefix=f"{prefix}steady")
         opened = list(steady)
+        apart = _DoomedApart(server.url) if os.environ.get("BENCH_STORM_APART") else None
         try:
             # One clock for both: the expiry is wall-clock time, the calls are timed
             # with perf_counter.
@@ -1355,18 +1365,26 @@ async def _storm(
                 ctx.tokens.expiring(f"{prefix}doomed{index}", expires)
                 for index in range(sizes.storm_clients)
             ]
-            doomed, _ = await gen.connect_many(tokens, concurrency=sizes.connect_concurrency)
-            opened += doomed
+            doomed: Sequence[Client | _Reported] = []
+            if apart is None:
+                clients, _ = await gen.connect_many(tokens, concurrency=sizes.connect_concurrency)
+                doomed = clients
+                opened += clients
+            else:
+                await apart.connect(tokens, sizes.connect_concurrency, expiry + STORM_TIMEOUT)
             quiet = (time.perf_counter() + sizes.storm_settle, expiry - sizes.storm_settle)
             callers = [
                 asyncio.create_task(keep_calling(index, client))
                 for index, client in enumerate(steady)
             ]
-            sampler = asyncio.create_task(sample_own_lag(own_stalls))
-            callers.append(sampler)
+            if os.environ.get("BENCH_STALL_LOG"):
+                callers.append(asyncio.create_task(sample_own_lag(own_stalls)))
             try:
-                async with _Usage(server) as usage, ctx.measuring(server):
+                helpers = () if apart is None else apart.pids
+                async with _Usage(server, helpers) as usage, ctx.measuring(server):
                     deadline = expiry + STORM_TIMEOUT - time.perf_counter()
+                    if apart is not None:
+                        doomed = await apart.report(max(deadline, 1.0) + 30.0)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(max(deadline, 1.0)):
                             await asyncio.gather(*(client.closed.wait() for client in doomed))
@@ -1375,7 +1393,8 @@ async def _storm(
                     window = (expiry, last + sizes.storm_settle)
                     await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
                     stop.set()
-                    sampler.cancel()
+                    for task in callers[len(steady) :]:
+                        task.cancel()
                     await asyncio.gather(*callers, return_exceptions=True)
             finally:
                 stop.set()
@@ -1384,6 +1403,8 @@ async def _storm(
                 await asyncio.gather(*callers, return_exceptions=True)
         finally:
             await close_all(opened)
+            if apart is not None:
+                await apart.stop()
         _record_extensions(ctx, spec, gen)
 
     for client in steady:
@@ -1409,10 +1430,94 @@ async def _storm(
         stalls={
             "quiet": _stall_summary(stalls, quiet[0] + offset, quiet[1] + offset),
             "storm": _stall_summary(stalls, window[0] + offset, window[1] + offset),
+            "slow storm calls": _slow_calls(calls, quiet, window),
         }
         if os.environ.get("BENCH_STALL_LOG")
         else {},
     )
+
+
+def _slow_calls(
+    calls: Sequence[_Call], quiet: tuple[float, float], window: tuple[float, float]
+) -> str:
+    """When the storm's calls slower than three times the quiet p99 were sent, by
+    half second from the expiry."""
+    quiet_p99 = _percentile(
+        sorted(c.ms for c in calls if quiet[0] <= c.started and c.ended <= quiet[1]), 99
+    )
+    slow = [c for c in calls if c.ended >= window[0] and c.started <= window[1]]
+    slow = [c for c in slow if c.ms > 3 * quiet_p99]
+    bins = Counter(math.floor(2 * (c.started - window[0])) / 2 for c in slow)
+    return f"{len(slow)} over {3 * quiet_p99:.1f} ms, sent at (s from the expiry: calls) " + (
+        ", ".join(f"{start:+.1f}: {count}" for start, count in sorted(bins.items())) or "none"
+    )
+
+
+class _Reported:
+    """An expiring client of S6 as the process that held it reported it."""
+
+    def __init__(
+        self,
+        name: str,
+        events: dict[str, int],
+        first_seen: dict[str, float],
+        disconnected_at: float | None,
+    ) -> None:
+        self.name = name
+        self.events = Counter(events)
+        self.first_seen = first_seen
+        self.disconnected_at = disconnected_at
+        self.closed = asyncio.Event()
+        self.closed.set()
+
+
+class _DoomedApart:
+    """S6's expiring clients in a process of their own (``storm_clients.py``, with
+    ``BENCH_STORM_APART``), on this process's CPU: their storm of disconnects and
+    closes is then not handled in the loop that times the steady clients' calls."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def connect(self, tokens: Sequence[str | None], concurrency: int, until: float) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(BENCH_DIR / "storm_clients.py"),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=64 * 1024 * 1024,
+        )
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        request = {"url": self.url, "tokens": tokens, "concurrency": concurrency, "until": until}
+        self.process.stdin.write(json.dumps(request).encode() + b"\n")
+        await self.process.stdin.drain()
+        line = await self.process.stdout.readline()
+        if line.strip() != b"connected":
+            raise RuntimeError("the expiring clients' process could not connect them all")
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return () if self.process is None else (self.process.pid,)
+
+    async def report(self, within: float) -> list[_Reported]:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        async with asyncio.timeout(within):
+            line = await self.process.stdout.readline()
+        return [_Reported(*fields) for fields in json.loads(line)]
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await self.process.wait()
+            if self.process.returncode is None:
+                self.process.kill()
+                await self.process.wait()
 
 
 # A socket whose auth:expired arrives this much before its expiry was ended early (the
@@ -1420,7 +1525,7 @@ async def _storm(
 EARLY_TOLERANCE = 0.1
 
 
-def _check_expired(check: Check, doomed: Sequence[Client], expiry: float) -> int:
+def _check_expired(check: Check, doomed: Sequence[Client | _Reported], expiry: float) -> int:
     """Count the expiring sockets that were ended as specified; fail the others."""
     ended = 0
     for client in doomed:

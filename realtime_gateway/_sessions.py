@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -83,6 +84,10 @@ class _Buckets(Generic[_T]):
     def __init__(self, fire: Callable[[_Bucket[_T]], None]) -> None:
         self._fire = fire
         self._buckets: dict[int, _Bucket[_T]] = {}
+        # One context for every timer rather than a copy of wherever a socket was
+        # armed (an event handler's, say): the callbacks only queue, and the drain
+        # task they start inherits this context. It also spares a copy per timer.
+        self._context = contextvars.copy_context()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -94,7 +99,9 @@ class _Buckets(Generic[_T]):
         bucket = self._buckets.get(tick)
         if bucket is None:
             bucket = self._buckets[tick] = _Bucket()
-            bucket.handle = asyncio.get_running_loop().call_at(tick * _GRANULE, self._due, tick)
+            bucket.handle = asyncio.get_running_loop().call_at(
+                tick * _GRANULE, self._due, tick, context=self._context
+            )
         bucket[key] = item
         return tick
 

@@ -12,11 +12,11 @@ either moves to the new one or logs the connection off.
 Deadlines are kept in buckets of ``_GRANULE`` seconds (:class:`_Buckets`), rounded
 up, so never early: one ``loop.call_at`` handle per bucket that holds any, whatever
 the number of sockets in it; cancelling a deadline deletes it from its bucket, and
-a bucket left empty cancels its handle. When a bucket comes due, its entries move
-onto the drain queue in one callback.
+a bucket left empty cancels its handle. When a bucket comes due, the whole bucket
+goes onto the drain queue as one item, in one callback.
 
 The callbacks only queue work; one drain task emits and disconnects in slices of
-a few milliseconds and pauses between them nine times as long as the slice took, so
+half a millisecond and pauses between them nine times as long as the slice took, so
 thousands of sockets expiring in the same second do not stall the other clients'
 traffic: they are ended over a longer time instead.
 
@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["SessionTimers"]
 
 # Seconds the drain task works before it pauses: a budget of time, not a count of
-# sockets, so the other clients wait behind at most one slice.
+# sockets, so the other clients wait behind at most one slice (and its ending
+# socket). Short, since the sockets a slice ends close right after it, together.
 _SLICE = 0.0005
 # How long the drain pauses after a slice, in slices. Ending a socket also costs
 # work outside the drain (its transport closing), so the other clients need far
@@ -78,8 +79,9 @@ class _Bucket(dict[str, _T]):
 
 class _Buckets(Generic[_T]):
     """Deadlines on the loop's clock, by key, in buckets of ``_GRANULE`` seconds:
-    ``fire`` is called with a bucket's entries once its granule has begun (all of
-    them at once, never before their deadline)."""
+    ``fire`` is called with a bucket (all its entries at once) at the first granule
+    boundary at or after their deadlines, so never before them and at most
+    ``_GRANULE`` after."""
 
     def __init__(self, fire: Callable[[_Bucket[_T]], None]) -> None:
         self._fire = fire

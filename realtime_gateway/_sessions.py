@@ -13,7 +13,8 @@ Deadlines are kept in buckets of ``_GRANULE`` seconds (:class:`_Buckets`), round
 up, so never early: one ``loop.call_at`` handle per bucket that holds any, whatever
 the number of sockets in it; cancelling a deadline deletes it from its bucket, and
 a bucket left empty cancels its handle. When a bucket comes due, the whole bucket
-goes onto the drain queue as one item, in one callback.
+goes onto the drain queue as one item, in one callback; the drain takes its entries
+out one at a time.
 
 The callbacks only queue work; one drain task emits and disconnects in slices of
 half a millisecond and pauses between them nine times as long as the slice took, so
@@ -35,7 +36,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import attrs
@@ -165,8 +166,10 @@ class SessionTimers:
         self._warnings: _Buckets[_Entry] = _Buckets(self._warn)
         self._endings: _Buckets[_Entry] = _Buckets(self._expire)
         self._idle_checks: _Buckets[_Idle] = _Buckets(self._idle_due)
-        # Work by kind, each item a run of entries: a whole bucket queues as one.
-        self._queue: deque[tuple[Iterator[_Entry | _Idle], str]] = deque()
+        # Work by kind, each item a run of entries: a whole bucket queues as one. The
+        # drain pops them one by one, so each is freed (the last reference to its
+        # connection, often) once done with, not 5,000 together at the end.
+        self._queue: deque[tuple[dict[str, _Entry] | dict[str, _Idle], str]] = deque()
         self._drain: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -269,33 +272,33 @@ class SessionTimers:
     # -- the bucket callbacks: they only queue, a bucket at a time --------------------
 
     def _warn(self, bucket: _Bucket[_Entry]) -> None:
-        # The bucket left _Buckets as it came due: nothing changes it any more, and
+        # The bucket left _Buckets as it came due: only the drain changes it now, and
         # an entry cancelled since is skipped by the drain.
-        self._push_all(bucket.values(), "expiring")
+        self._push_all(bucket, "expiring")
 
     def _expire(self, bucket: _Bucket[_Entry]) -> None:
-        self._push_all(bucket.values(), "expired")
+        self._push_all(bucket, "expired")
 
     def _idle_due(self, bucket: _Bucket[_Idle]) -> None:
         now = asyncio.get_running_loop().time()
         timeout = self._gateway.config.idle_timeout
         assert timeout is not None
-        idle_now: list[_Idle] = []
-        for idle in bucket.values():
+        idle_now: dict[str, _Idle] = {}
+        for eio_sid, idle in bucket.items():
             idle.tick = None
             due = idle.last + timeout
             if now < due:  # there was activity since: wait for the new deadline
-                idle.tick = self._idle_checks.add(due, idle.eio_sid, idle)
+                idle.tick = self._idle_checks.add(due, eio_sid, idle)
             else:
-                idle_now.append(idle)
+                idle_now[eio_sid] = idle
         if idle_now:
             self._push_all(idle_now, "idle")
 
-    def _push(self, entry: _Entry | _Idle, what: str) -> None:
-        self._push_all((entry,), what)
+    def _push(self, entry: _Entry, what: str) -> None:
+        self._push_all({entry.conn.sid: entry}, what)
 
-    def _push_all(self, entries: Iterable[_Entry | _Idle], what: str) -> None:
-        self._queue.append((iter(entries), what))
+    def _push_all(self, entries: dict[str, _Entry] | dict[str, _Idle], what: str) -> None:
+        self._queue.append((entries, what))
         if self._drain is None or self._drain.done():
             self._drain = asyncio.get_running_loop().create_task(self._run())
 
@@ -307,10 +310,10 @@ class SessionTimers:
             started = loop.time()
             while self._queue and loop.time() - started < _SLICE:
                 entries, what = self._queue[0]
-                entry = next(entries, None)
-                if entry is None:
+                if not entries:
                     self._queue.popleft()
                     continue
+                _, entry = entries.popitem()
                 try:
                     if isinstance(entry, _Idle):
                         if self._idle.get(entry.eio_sid) is entry:

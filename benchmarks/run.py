@@ -1151,10 +1151,14 @@ def _stall_summary(stalls: Sequence[Stall], start: float, end: float) -> str:
             parts.append(f"{label}: none")
             continue
         ms = [s.ms for s in of_kind]
+        longest = ", ".join(
+            f"{s.ms:.1f} ms at {s.ended - start:+.2f} s" + (f" ({s.what[:40]})" if s.what else "")
+            for s in of_kind[:3]
+        )
         part = (
             f"{label}: {len(ms)}, {sum(ms):.0f} ms in all, >=5 ms: "
             f"{sum(m >= 5 for m in ms)}, >=10 ms: {sum(m >= 10 for m in ms)}, "
-            f"the longest {ms[0]:.1f} ms"
+            f"the longest {longest}"
         )
         if kind == "slow":
             by_what: dict[str, float] = {}

@@ -352,9 +352,17 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the server has used."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.pid)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` has used (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- profiling ------------------------------------------------------------------------
@@ -1092,8 +1100,9 @@ class _Usage:
     every 50 ms, to tell how busy each was in a window (the rest of the machine's
     load is what other processes took)."""
 
-    def __init__(self, server: ServerProcess) -> None:
+    def __init__(self, server: ServerProcess, helpers: Sequence[int] = ()) -> None:
         self.server = server
+        self.helpers = helpers  # load-generator processes of the harness's own
         # perf_counter, server, this process, all CPUs
         self.samples: list[tuple[float, float, float, float]] = []
         self._task: asyncio.Task[None] | None = None
@@ -1114,7 +1123,7 @@ class _Usage:
                 (
                     time.perf_counter(),
                     self.server.cpu_seconds(),
-                    time.process_time(),
+                    time.process_time() + sum(process_cpu_seconds(pid) for pid in self.helpers),
                     machine_cpu_seconds(),
                 )
             )
@@ -1159,6 +1168,71 @@ def gc_pauses(server: ServerProcess) -> list[GcPause]:
     return pauses
 
 
+@attrs.frozen
+class Stall:
+    """A stretch the server's (``BENCH_STALL_LOG``) or the load generator's loop was
+    held: one callback (``slow``) or a 1 ms sleeper woken late (``lag``)."""
+
+    kind: str  # "slow", "lag" or "own" (the load generator's lag)
+    ended: float  # Unix time
+    ms: float
+    what: str = ""
+
+
+def server_stalls(server: ServerProcess) -> list[Stall]:
+    """The stalls the server has logged so far (with ``BENCH_STALL_LOG``)."""
+    stalls = []
+    for line in server.log_tail(10_000_000).splitlines():
+        words = line.split(maxsplit=3)
+        if len(words) >= 3 and words[0] in ("slow", "lag"):
+            what = words[3] if len(words) == 4 else ""
+            stalls.append(Stall(words[0], float(words[1]), float(words[2]), what))
+    return stalls
+
+
+async def sample_own_lag(into: list[Stall]) -> None:
+    """Note each time this process's loop woke a 1 ms sleeper 2 ms late or more."""
+    while True:
+        due = time.perf_counter() + 0.001
+        await asyncio.sleep(0.001)
+        late = 1000 * (time.perf_counter() - due)
+        if late >= 2.0:
+            into.append(Stall("own", time.time(), late))
+
+
+def _stall_summary(stalls: Sequence[Stall], start: float, end: float) -> str:
+    inside = [stall for stall in stalls if start <= stall.ended <= end]
+    parts = []
+    for kind, label in (
+        ("slow", "server callbacks of 2 ms or more"),
+        ("lag", "server loop late 2 ms or more"),
+        ("own", "load generator loop late 2 ms or more"),
+    ):
+        of_kind = sorted((s for s in inside if s.kind == kind), key=lambda s: -s.ms)
+        if not of_kind:
+            parts.append(f"{label}: none")
+            continue
+        ms = [s.ms for s in of_kind]
+        longest = ", ".join(
+            f"{s.ms:.1f} ms at {s.ended - start:+.2f} s" + (f" ({s.what[:40]})" if s.what else "")
+            for s in of_kind[:3]
+        )
+        part = (
+            f"{label}: {len(ms)}, {sum(ms):.0f} ms in all, >=5 ms: "
+            f"{sum(m >= 5 for m in ms)}, >=10 ms: {sum(m >= 10 for m in ms)}, "
+            f"the longest {longest}"
+        )
+        if kind == "slow":
+            by_what: dict[str, float] = {}
+            for stall in of_kind:
+                key = stall.what.split(" at 0x")[0][:80]
+                by_what[key] = by_what.get(key, 0.0) + stall.ms
+            top = sorted(by_what.items(), key=lambda item: -item[1])[:4]
+            part += " (by what, ms: " + "; ".join(f"{w} {t:.0f}" for w, t in top) + ")"
+        parts.append(part)
+    return ", ".join(parts)
+
+
 def _gc_summary(pauses: Sequence[GcPause], start: float, end: float) -> str:
     inside = [pause for pause in pauses if start <= pause.ended <= end]
     if not inside:
@@ -1183,7 +1257,9 @@ class StormRun:
     first_expired: float = 0.0  # seconds from the expiry to the first auth:expired
     busy: dict[str, tuple[float, float, float]] = attrs.field(factory=dict)  # by window
     gc: dict[str, str] = attrs.field(factory=dict)  # by window
+    stalls: dict[str, str] = attrs.field(factory=dict)  # by window (BENCH_STALL_LOG)
     too_short: bool = False  # the connects left less than storm_min_quiet before expiry
+    full_collection: float = 0.0  # ms: the longest generation-2 collection in either window
 
     @property
     def others(self) -> float:
@@ -1192,10 +1268,17 @@ class StormRun:
 
     def counted(self, judge: bool) -> bool:
         """Whether the storm measured the gateway: calls in both windows and, when
-        judging, the machine otherwise idle and a quiet window of its full length."""
+        judging, the machine otherwise idle, a quiet window of its full length and no
+        full collection in either window (with 5,100 connections, one takes the
+        server 0.2 to 1.3 s and sets that window's p99 by itself, whatever the
+        expiry path does)."""
         if not self.quiet or not self.storm:
             return False
-        return not judge or (self.others <= BUSY_MACHINE and not self.too_short)
+        return not judge or (
+            self.others <= BUSY_MACHINE
+            and not self.too_short
+            and self.full_collection < FULL_COLLECTION_MS
+        )
 
     @property
     def quiet_p99(self) -> float:
@@ -1231,18 +1314,27 @@ class StormRun:
             f"{self.quiet_seconds:.1f} s, {len(self.quiet):,} calls ({busy['quiet']}; "
             f"{self.gc['quiet']}); storm window {self.storm_seconds:.1f} s, "
             f"{len(self.storm):,} calls ({busy['storm']}; {self.gc['storm']})."
+            + "".join(f" {window}: {text}." for window, text in self.stalls.items())
             + (
                 f" **Not counted**: other processes took {self.others:.0%} of a CPU."
                 if judge and self.others > BUSY_MACHINE
                 else ""
             )
             + (" **Not counted**: the connects took too long." if judge and self.too_short else "")
+            + (
+                f" **Not counted**: a full collection of {self.full_collection:.0f} ms."
+                if judge and self.full_collection >= FULL_COLLECTION_MS
+                else ""
+            )
         )
 
 
 # A storm during which other processes took more of a CPU than this (in either
 # window) measured the machine, not the gateway: its figures are shown, not counted.
 BUSY_MACHINE = 0.10
+# A storm with a generation-2 collection this long (ms) in either window measured the
+# collector, not the expiry path: its figures are shown, not counted.
+FULL_COLLECTION_MS = 50.0
 
 
 async def scenario_storm(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
@@ -1256,7 +1348,8 @@ async def scenario_storm(ctx: Context, spec: ServerSpec, server: ServerProcess) 
     socket must get ``auth:expiring``, then ``auth:expired`` (not before the
     expiry), then a server disconnect; otherwise the scenario fails and no figure is
     recorded. The figures are the medians over the storms during which the machine
-    was otherwise idle (all storms if none was)."""
+    was otherwise idle and the server made no full collection (no figure if none
+    was)."""
     sizes = ctx.sizes
     results = ctx.results
     storm, steady_count = sizes.storm_clients, sizes.storm_steady
@@ -1322,6 +1415,7 @@ async def _storm(
     rng = random.Random(11)  # noqa: S311 (pacing, not secrets)
     text = "x" * 64
     calls: list[_Call] = []
+    own_stalls: list[Stall] = []
     stop = asyncio.Event()
 
     async def keep_calling(index: int, client: Client) -> None:
@@ -1343,6 +1437,7 @@ async def _storm(
     async with LoadGenerator(server.url) as gen:
         steady = await _connect(gen, ctx, spec, sizes.storm_steady, prefix=f"{prefix}steady")
         opened = list(steady)
+        apart = _DoomedApart(server.url) if os.environ.get("BENCH_STORM_APART") else None
         try:
             # One clock for both: the expiry is wall-clock time, the calls are timed
             # with perf_counter.
@@ -1353,16 +1448,26 @@ async def _storm(
                 ctx.tokens.expiring(f"{prefix}doomed{index}", expires)
                 for index in range(sizes.storm_clients)
             ]
-            doomed, _ = await gen.connect_many(tokens, concurrency=sizes.connect_concurrency)
-            opened += doomed
+            doomed: Sequence[Client | _Reported] = []
+            if apart is None:
+                clients, _ = await gen.connect_many(tokens, concurrency=sizes.connect_concurrency)
+                doomed = clients
+                opened += clients
+            else:
+                await apart.connect(tokens, sizes.connect_concurrency, expiry + STORM_TIMEOUT)
             quiet = (time.perf_counter() + sizes.storm_settle, expiry - sizes.storm_settle)
             callers = [
                 asyncio.create_task(keep_calling(index, client))
                 for index, client in enumerate(steady)
             ]
+            if os.environ.get("BENCH_STALL_LOG"):
+                callers.append(asyncio.create_task(sample_own_lag(own_stalls)))
             try:
-                async with _Usage(server) as usage, ctx.measuring(server):
+                helpers = () if apart is None else apart.pids
+                async with _Usage(server, helpers) as usage, ctx.measuring(server):
                     deadline = expiry + STORM_TIMEOUT - time.perf_counter()
+                    if apart is not None:
+                        doomed = await apart.report(max(deadline, 1.0) + 30.0)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(max(deadline, 1.0)):
                             await asyncio.gather(*(client.closed.wait() for client in doomed))
@@ -1371,7 +1476,9 @@ async def _storm(
                     window = (expiry, last + sizes.storm_settle)
                     await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
                     stop.set()
-                    await asyncio.gather(*callers)
+                    for task in callers[len(steady) :]:
+                        task.cancel()
+                    await asyncio.gather(*callers, return_exceptions=True)
             finally:
                 stop.set()
                 for task in callers:
@@ -1379,12 +1486,15 @@ async def _storm(
                 await asyncio.gather(*callers, return_exceptions=True)
         finally:
             await close_all(opened)
+            if apart is not None:
+                await apart.stop()
         _record_extensions(ctx, spec, gen)
 
     for client in steady:
         if client.disconnected_at is not None or client.events["auth:expired"]:
             check.fail(f"steady client {client.name} was ended")
     pauses = gc_pauses(server)
+    stalls = server_stalls(server) + own_stalls
     expired_at = [c.first_seen["auth:expired"] for c in doomed if c.events["auth:expired"]]
     return StormRun(
         ended=_check_expired(check, doomed, expiry),
@@ -1392,6 +1502,18 @@ async def _storm(
         storm=sorted(c.ms for c in calls if c.ended >= window[0] and c.started <= window[1]),
         quiet_seconds=max(0.0, quiet[1] - quiet[0]),
         too_short=quiet[1] - quiet[0] < sizes.storm_min_quiet,
+        full_collection=max(
+            (
+                pause.ms
+                for pause in pauses
+                if pause.generation == 2
+                and (
+                    quiet[0] + offset <= pause.ended <= quiet[1] + offset
+                    or window[0] + offset <= pause.ended <= window[1] + offset
+                )
+            ),
+            default=0.0,
+        ),
         storm_seconds=window[1] - window[0],
         last=last - expiry,
         first_expired=min(expired_at, default=expiry) - expiry,
@@ -1400,7 +1522,97 @@ async def _storm(
             "quiet": _gc_summary(pauses, quiet[0] + offset, quiet[1] + offset),
             "storm": _gc_summary(pauses, window[0] + offset, window[1] + offset),
         },
+        stalls={
+            "quiet": _stall_summary(stalls, quiet[0] + offset, quiet[1] + offset),
+            "storm": _stall_summary(stalls, window[0] + offset, window[1] + offset),
+            "slow storm calls": _slow_calls(calls, quiet, window),
+        }
+        if os.environ.get("BENCH_STALL_LOG")
+        else {},
     )
+
+
+def _slow_calls(
+    calls: Sequence[_Call], quiet: tuple[float, float], window: tuple[float, float]
+) -> str:
+    """When the storm's calls slower than three times the quiet p99 were sent, by
+    half second from the expiry."""
+    quiet_p99 = _percentile(
+        sorted(c.ms for c in calls if quiet[0] <= c.started and c.ended <= quiet[1]), 99
+    )
+    slow = [c for c in calls if c.ended >= window[0] and c.started <= window[1]]
+    slow = [c for c in slow if c.ms > 3 * quiet_p99]
+    bins = Counter(math.floor(2 * (c.started - window[0])) / 2 for c in slow)
+    return f"{len(slow)} over {3 * quiet_p99:.1f} ms, sent at (s from the expiry: calls) " + (
+        ", ".join(f"{start:+.1f}: {count}" for start, count in sorted(bins.items())) or "none"
+    )
+
+
+class _Reported:
+    """An expiring client of S6 as the process that held it reported it."""
+
+    def __init__(
+        self,
+        name: str,
+        events: dict[str, int],
+        first_seen: dict[str, float],
+        disconnected_at: float | None,
+    ) -> None:
+        self.name = name
+        self.events = Counter(events)
+        self.first_seen = first_seen
+        self.disconnected_at = disconnected_at
+        self.closed = asyncio.Event()
+        self.closed.set()
+
+
+class _DoomedApart:
+    """S6's expiring clients in a process of their own (``storm_clients.py``, with
+    ``BENCH_STORM_APART``), on this process's CPU: their storm of disconnects and
+    closes is then not handled in the loop that times the steady clients' calls."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def connect(self, tokens: Sequence[str | None], concurrency: int, until: float) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(BENCH_DIR / "storm_clients.py"),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=64 * 1024 * 1024,
+        )
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        request = {"url": self.url, "tokens": tokens, "concurrency": concurrency, "until": until}
+        self.process.stdin.write(json.dumps(request).encode() + b"\n")
+        await self.process.stdin.drain()
+        line = await self.process.stdout.readline()
+        if line.strip() != b"connected":
+            raise RuntimeError("the expiring clients' process could not connect them all")
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return () if self.process is None else (self.process.pid,)
+
+    async def report(self, within: float) -> list[_Reported]:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        async with asyncio.timeout(within):
+            line = await self.process.stdout.readline()
+        return [_Reported(*fields) for fields in json.loads(line)]
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await self.process.wait()
+            if self.process.returncode is None:
+                self.process.kill()
+                await self.process.wait()
 
 
 # A socket whose auth:expired arrives this much before its expiry was ended early (the
@@ -1408,7 +1620,7 @@ async def _storm(
 EARLY_TOLERANCE = 0.1
 
 
-def _check_expired(check: Check, doomed: Sequence[Client], expiry: float) -> int:
+def _check_expired(check: Check, doomed: Sequence[Client | _Reported], expiry: float) -> int:
     """Count the expiring sockets that were ended as specified; fail the others."""
     ended = 0
     for client in doomed:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from realtime_gateway import (
 )
 from realtime_gateway._log import pseudonym
 from realtime_gateway._prometheus import exposition
+from realtime_gateway._sessions import _GRANULE
 
 from .clinic import USERS, Inbox, clinic_gateway, connect_as
 from .conftest import Clients, call, quick_config, socketio_client, until
@@ -289,6 +291,23 @@ async def test_grace_keeps_the_socket_past_expiry(clients: Clients, server_kind:
 # -- timers ---------------------------------------------------------------------------------
 
 
+def timers_of(gateway: Gateway, sid: str) -> list[asyncio.TimerHandle]:
+    """The loop timers of the buckets that hold a deadline of ``sid``."""
+    sessions = gateway._sessions
+    return [
+        bucket.handle
+        for buckets in (sessions._warnings, sessions._endings)
+        for bucket in buckets._buckets.values()
+        if sid in bucket
+    ]
+
+
+def timer_count(gateway: Gateway) -> int:
+    """The loop timers the gateway's session deadlines hold."""
+    sessions = gateway._sessions
+    return sum(len(buckets) for buckets in (sessions._warnings, sessions._endings))
+
+
 async def test_leaving_early_cancels_the_timers(clients: Clients, server_kind: str) -> None:
     tokens = Tokens()
     gateway = clinic_gateway(tokens.authenticator, config=expiry_config())
@@ -296,16 +315,49 @@ async def test_leaving_early_cancels_the_timers(clients: Clients, server_kind: s
         client, _, _ = await watched(clients, server.url, tokens.token(expiring("doctor", 30)))
         sid = only_sid(gateway, "u-doctor")
         await until(lambda: sid in gateway._sessions)
-        entry = gateway._sessions._entries[sid]
-        handles = (entry.warning, entry.ending)
-        assert all(handle is not None and not handle.cancelled() for handle in handles)
+        handles = timers_of(gateway, sid)
+        assert len(handles) == 2  # the warning's and the ending's, in buckets of their own
+        assert not any(handle.cancelled() for handle in handles)
 
         await client.disconnect()
         await until(lambda: not gateway.connections)
 
         assert len(gateway._sessions) == 0
-        assert all(handle is not None and handle.cancelled() for handle in handles)
+        assert timers_of(gateway, sid) == []
+        assert timer_count(gateway) == 0
+        assert all(handle.cancelled() for handle in handles)
         assert gateway.metrics.sessions_ended == {}
+
+
+async def test_sockets_due_together_share_one_timer(clients: Clients, server_kind: str) -> None:
+    tokens = Tokens()
+    gateway = clinic_gateway(tokens.authenticator, config=expiry_config())
+    # An expiry in the middle of a bucket on the loop's clock, far from its edges.
+    loop = asyncio.get_running_loop()
+    offset = time.time() - loop.time()
+    due = (math.floor((loop.time() + 30) / _GRANULE) + 0.5) * _GRANULE
+    expires_at = dt.datetime.fromtimestamp(due + offset, dt.UTC)
+    async with clients.serve(gateway, server_kind) as server:
+        users = [
+            await watched(
+                clients,
+                server.url,
+                tokens.token(Identity(user_id=f"u-{n}", roles={"doctor"}, expires_at=expires_at)),
+            )
+            for n in range(3)
+        ]
+        await until(lambda: len(gateway._sessions) == 3)
+        assert timer_count(gateway) == 2
+        first, second, third = users
+
+        await first[0].disconnect()
+        await until(lambda: len(gateway._sessions) == 2)
+        assert timer_count(gateway) == 2  # the others still need them
+        await second[0].disconnect()
+        await third[0].disconnect()
+        await until(lambda: not gateway.connections)
+
+        assert timer_count(gateway) == 0
 
 
 async def test_reauthorizing_with_a_new_identity_rearms(clients: Clients, server_kind: str) -> None:
@@ -316,6 +368,7 @@ async def test_reauthorizing_with_a_new_identity_rearms(clients: Clients, server
         sid = only_sid(gateway, "u-doctor")
         await until(lambda: sid in gateway._sessions)
         first = gateway._sessions._entries[sid]
+        first_timers = timers_of(gateway, sid)
 
         later = expiring("doctor", 120)
         assert later.expires_at is not None
@@ -323,14 +376,17 @@ async def test_reauthorizing_with_a_new_identity_rearms(clients: Clients, server
 
         second = gateway._sessions._entries[sid]
         assert second is not first
-        assert first.ending is not None
-        assert first.ending.cancelled()
+        assert all(handle.cancelled() for handle in first_timers)
+        second_timers = timers_of(gateway, sid)
+        assert len(second_timers) == 2
+        assert not set(second_timers) & set(first_timers)
+        assert timer_count(gateway) == 2
         assert second.expires_at == later.expires_at.timestamp()
 
         await gateway.reauthorize("u-doctor", expiring("doctor", None))
         assert sid not in gateway._sessions
-        assert second.ending is not None
-        assert second.ending.cancelled()
+        assert timer_count(gateway) == 0
+        assert all(handle.cancelled() for handle in second_timers)
 
 
 async def test_ending_a_session_by_hand_takes_the_same_path(

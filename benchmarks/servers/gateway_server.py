@@ -35,7 +35,7 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -218,6 +218,7 @@ async def serve(gateway: Gateway, port: int, *, soak: bool = False) -> None:
     trace_to = os.environ.get("BENCH_TRACEMALLOC")
     if trace_to:
         snapshot_on_sigusr1(Path(trace_to))
+    background = [asyncio.create_task(sampler()) for sampler in _samplers]
     app = web.Application()
     gateway.attach(app)
     if soak:
@@ -228,7 +229,11 @@ async def serve(gateway: Gateway, port: int, *, soak: bool = False) -> None:
         assert bound is not None
         announce(bound)
 
-    await gateway.run_aiohttp(app, host="127.0.0.1", port=port, started=started)
+    try:
+        await gateway.run_aiohttp(app, host="127.0.0.1", port=port, started=started)
+    finally:
+        for task in background:
+            task.cancel()
 
 
 def log_gc_pauses() -> None:
@@ -248,10 +253,47 @@ def log_gc_pauses() -> None:
     gc.callbacks.append(callback)
 
 
+def log_stalls() -> None:
+    """Write each loop callback of 2 ms or more to stderr, as ``slow <unix time at its
+    end> <ms> <what ran>``, and each loop iteration that kept a 1 ms sleeper waiting
+    2 ms or more past its time, as ``lag <unix time> <ms>``: a diagnosis, not a
+    figure (timing every callback costs about a microsecond each)."""
+    run = asyncio.Handle._run
+
+    def timed(handle: asyncio.Handle) -> None:
+        started = time.perf_counter()
+        run(handle)
+        ms = 1000 * (time.perf_counter() - started)
+        if ms >= 2.0:
+            what = getattr(handle, "_callback", None)
+            task = getattr(what, "__self__", None)
+            if isinstance(task, asyncio.Task):
+                coro = task.get_coro()
+                what = getattr(coro, "__qualname__", coro)
+            print(f"slow {time.time():.3f} {ms:.1f} {what}", file=sys.stderr)
+
+    setattr(asyncio.Handle, "_run", timed)  # noqa: B010 (diagnosis only)
+
+    async def sampler() -> None:
+        while True:
+            due = time.perf_counter() + 0.001
+            await asyncio.sleep(0.001)
+            late = 1000 * (time.perf_counter() - due)
+            if late >= 2.0:
+                print(f"lag {time.time():.3f} {late:.1f}", file=sys.stderr)
+
+    _samplers.append(sampler)
+
+
+_samplers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
     if os.environ.get("BENCH_GC_LOG"):
         log_gc_pauses()
+    if os.environ.get("BENCH_STALL_LOG"):
+        log_stalls()
     expiry = os.environ.get("BENCH_EXPIRY", "on") != "off"
     soak = bool(os.environ.get("BENCH_SOAK"))
     window = os.environ.get("BENCH_RECOVERY")

@@ -6,6 +6,7 @@ would and reconnects when told, so each test acts while it is away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -368,10 +369,22 @@ async def test_a_room_lost_while_away_is_not_rejoined_nor_replayed(
     assert [r.target for r in denied] == ["patient:p1"]
 
 
-async def test_presence_does_not_flap_for_a_recovered_socket(
-    authenticator: SignedTokenAuthenticator, clients: Clients
-) -> None:
-    gateway = _gateway(authenticator, namespaces=[ChatNamespace()])
+@attrs.define
+class Conversation:
+    """A doctor (python-socketio, watching) and a nurse (the official client) in
+    conversation c1 of a recovery-enabled /chat, both present."""
+
+    gateway: Gateway
+    watcher: socketio.AsyncClient
+    doctor: Inbox
+    nurse: JsClient
+
+
+@contextlib.asynccontextmanager
+async def conversation(
+    authenticator: SignedTokenAuthenticator, clients: Clients, **settings: Any
+) -> AsyncIterator[Conversation]:
+    gateway = _gateway(authenticator, namespaces=[ChatNamespace()], **settings)
     async with serve(gateway, "aiohttp") as running:
         watcher, doctor = await connect_as(
             clients, running.url, authenticator.issue(USERS["doctor"]), namespaces=("/chat",)
@@ -383,42 +396,40 @@ async def test_presence_does_not_flap_for_a_recovered_socket(
             await nurse.connected()
             assert (await nurse.call("join:conversation", "c1"))["success"] is True
             await doctor.wait("user:joined", "/chat")
+            yield Conversation(gateway, watcher, doctor, nurse)
 
-            await _drop(nurse, gateway)
-            nurse.send("reconnect")
-            assert (await nurse.connected())["recovered"] is True
-            # A later event from the nurse's side shows nothing else came before it.
-            assert (await nurse.call("send:message", {"conversationId": "c1", "content": "hi"}))[
-                "success"
-            ]
-            await doctor.wait("new:message", "/chat")
-            assert len(doctor.of("user:joined", "/chat")) == 1
-            assert doctor.of("user:left", "/chat") == []
-            assert await gateway.presence("conversation:c1", namespace="/chat") == {
-                "u-doctor",
-                "u-nurse",
-            }
+
+async def test_presence_does_not_flap_for_a_recovered_socket(
+    authenticator: SignedTokenAuthenticator, clients: Clients
+) -> None:
+    async with conversation(authenticator, clients) as chat:
+        gateway, doctor, nurse = chat.gateway, chat.doctor, chat.nurse
+
+        await _drop(nurse, gateway)
+        nurse.send("reconnect")
+        assert (await nurse.connected())["recovered"] is True
+        # A later event from the nurse's side shows nothing else came before it.
+        assert (await nurse.call("send:message", {"conversationId": "c1", "content": "hi"}))[
+            "success"
+        ]
+        await doctor.wait("new:message", "/chat")
+        assert len(doctor.of("user:joined", "/chat")) == 1
+        assert doctor.of("user:left", "/chat") == []
+        assert await gateway.presence("conversation:c1", namespace="/chat") == {
+            "u-doctor",
+            "u-nurse",
+        }
 
 
 async def test_the_departure_is_told_when_the_window_ends_without_recovery(
     authenticator: SignedTokenAuthenticator, clients: Clients
 ) -> None:
-    gateway = _gateway(authenticator, namespaces=[ChatNamespace()], recovery_window=0.5)
-    async with serve(gateway, "aiohttp") as running:
-        watcher, doctor = await connect_as(
-            clients, running.url, authenticator.issue(USERS["doctor"]), namespaces=("/chat",)
-        )
-        await watcher.call("join:conversation", "c1", namespace="/chat", timeout=5)
-        async with js_client(
-            running.url, "/chat", auth={"token": authenticator.issue(USERS["nurse"])}
-        ) as nurse:
-            await nurse.connected()
-            await nurse.call("join:conversation", "c1")
-            await doctor.wait("user:joined", "/chat")
-            await _drop(nurse, gateway)
-            assert doctor.of("user:left", "/chat") == []
-            left = await doctor.wait("user:left", "/chat", within=5)
-            assert left[0]["userId"] == "u-nurse"
+    async with conversation(authenticator, clients, recovery_window=0.5) as chat:
+        gateway, doctor, nurse = chat.gateway, chat.doctor, chat.nurse
+        await _drop(nurse, gateway)
+        assert doctor.of("user:left", "/chat") == []
+        left = await doctor.wait("user:left", "/chat", within=5)
+        assert left[0]["userId"] == "u-nurse"
 
 
 async def test_python_clients_get_the_offset_as_an_extra_last_argument(
@@ -520,27 +531,17 @@ async def test_missed_events_too_large_to_send_at_once_are_a_fresh_connection(
 async def test_a_failed_recovery_tells_the_departure_it_held_back(
     authenticator: SignedTokenAuthenticator, clients: Clients
 ) -> None:
-    gateway = _gateway(authenticator, namespaces=[ChatNamespace()], recovery_max_packets=1)
-    async with serve(gateway, "aiohttp") as running:
-        watcher, doctor = await connect_as(
-            clients, running.url, authenticator.issue(USERS["doctor"]), namespaces=("/chat",)
-        )
-        await watcher.call("join:conversation", "c1", namespace="/chat", timeout=5)
-        async with js_client(
-            running.url, "/chat", auth={"token": authenticator.issue(USERS["nurse"])}
-        ) as nurse:
-            await nurse.connected()
-            await nurse.call("join:conversation", "c1")
-            await doctor.wait("user:joined", "/chat")
-            await _drop(nurse, gateway)
-            for text in ("one", "two"):
-                await watcher.call(
-                    "send:message", {"conversationId": "c1", "content": text}, namespace="/chat"
-                )
-            nurse.send("reconnect")
-            assert (await nurse.connected())["recovered"] is False
-            left = await doctor.wait("user:left", "/chat")
-            assert [event["userId"] for event in left] == ["u-nurse"]
+    async with conversation(authenticator, clients, recovery_max_packets=1) as chat:
+        gateway, watcher, doctor, nurse = chat.gateway, chat.watcher, chat.doctor, chat.nurse
+        await _drop(nurse, gateway)
+        for text in ("one", "two"):
+            await watcher.call(
+                "send:message", {"conversationId": "c1", "content": text}, namespace="/chat"
+            )
+        nurse.send("reconnect")
+        assert (await nurse.connected())["recovered"] is False
+        left = await doctor.wait("user:left", "/chat")
+        assert [event["userId"] for event in left] == ["u-nurse"]
     assert gateway.metrics.recoveries["too_many"] == 1
 
 

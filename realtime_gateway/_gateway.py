@@ -135,20 +135,25 @@ class Gateway:
                 control=partial(control.on_control, self),
                 swept=partial(control.announce_swept, self),
             )
-        self.registry: Registry = (
-            registry
-            or (self._cluster.registry if self._cluster is not None else None)
-            or MemoryRegistry(reconnect_window=self.config.reconnect_window)
-        )
+        # "is not None", never "or": a store with a __len__ is falsy while empty.
+        if registry is None:
+            registry = (
+                self._cluster.registry
+                if self._cluster is not None
+                else MemoryRegistry(reconnect_window=self.config.reconnect_window)
+            )
+        self.registry: Registry = registry
         # What this process has revoked or heard revoked: checked, without I/O, once
         # a socket is in the connection table, so that no revocation slips between
         # a handshake's store lookup and the socket being there to be ended.
         self._revoked_here = MemoryRevocationStore()
-        self.revocations: RevocationStore = revocations or (
-            RedisRevocationStore(self._cluster.registry.redis, prefix=self.config.redis_prefix)
-            if self._cluster is not None
-            else self._revoked_here
-        )
+        if revocations is None:
+            revocations = (
+                RedisRevocationStore(self._cluster.registry.redis, prefix=self.config.redis_prefix)
+                if self._cluster is not None
+                else self._revoked_here
+            )
+        self.revocations: RevocationStore = revocations
         self._audit = audit
         self._lifecycle = Lifecycle()
         if self.config.log_key is not None:
@@ -164,7 +169,7 @@ class Gateway:
         if self.config.recovery_window is not None:
             self._recovery = Recovery(
                 self,
-                recovery or self._recovery_store(),
+                recovery if recovery is not None else self._recovery_store(),
                 window=self.config.recovery_window,
             )
         self._server: Any = None

@@ -434,9 +434,10 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         conn = await self.gateway._admit(sid, self.namespace, environ, auth)
         recovery = self.gateway._recovery
         try:
+            request = None if recovery is None else recovery.begin(conn, auth)
             await self._join_own_rooms(conn)
             if recovery is not None:
-                await recovery.connect(self, conn, auth)
+                await recovery.connect(self, conn, request)
             await self.on_connected(conn)
         except Exception as exc:
             if recovery is not None:

@@ -89,15 +89,27 @@ class Recovery:
 
     # -- connect ------------------------------------------------------------------------
 
-    async def connect(self, namespace: GatewayNamespace, conn: Connection, auth: object) -> None:
-        """Admission passed and the socket is in its own rooms: recover it if its
-        CONNECT asked to, else give it a fresh ``pid``."""
+    def begin(self, conn: Connection, auth: object) -> tuple[str, str | None] | None:
+        """Admission passed: if the CONNECT asks to recover, hold the socket's
+        deliveries from now on, before it enters any room (what reaches it before
+        its replay is out would otherwise come twice). Returns the request."""
         request = _request(auth)
+        if request is not None:
+            self.holding[conn.sid] = []
+        return request
+
+    async def connect(
+        self,
+        namespace: GatewayNamespace,
+        conn: Connection,
+        request: tuple[str, str | None] | None,
+    ) -> None:
+        """The socket is in its own rooms: recover it if its CONNECT asked to
+        (``request``, from :meth:`begin`), else give it a fresh ``pid``."""
         if request is None:
             conn.recovery = (new_pid(), await self._head(conn.namespace))
             return
         pid, offset = request
-        self.holding[conn.sid] = []
         result, dropped = await self._restore(namespace, conn, pid, offset)
         self._gateway.metrics.recoveries[result] += 1
         log(

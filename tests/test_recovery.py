@@ -20,6 +20,9 @@ from realtime_gateway import (
     Gateway,
     GatewayNamespace,
     Identity,
+    MemoryRecoveryStore,
+    MemoryRegistry,
+    MemoryRevocationStore,
     SignedTokenAuthenticator,
     UpdatesNamespace,
     reference_rules,
@@ -171,6 +174,56 @@ async def test_events_sent_while_the_socket_is_being_recovered_arrive_once_in_or
     recovery = gateway._recovery
     assert recovery is not None
     assert not recovery.holding
+
+
+class GatedRegistry(MemoryRegistry):
+    """The in-memory registry, with joins of ``room`` held while ``gate`` is shut."""
+
+    def __init__(self, room: str) -> None:
+        super().__init__()
+        self.room = room
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = asyncio.Event()
+
+    async def join(self, sid: str, room: str) -> bool:
+        if room == self.room and not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        return await super().join(sid, room)
+
+
+async def test_events_sent_while_the_socket_enters_its_own_rooms_arrive_once(
+    authenticator: SignedTokenAuthenticator,
+) -> None:
+    """A recovering socket's deliveries are held from admission on, before it is in
+    any room: an event reaching it while its user room is being recorded comes once."""
+    nurse = USERS["nurse"]
+    registry = GatedRegistry(f"user:{nurse.user_id}")
+    gateway = Gateway(
+        authenticator=authenticator,
+        authorizer=reference_rules(),
+        config=quick_config(recovery_window=30),
+        namespaces=[UpdatesNamespace()],
+        registry=registry,
+    )
+    async with serve(gateway, "aiohttp") as running:
+        token = authenticator.issue(nurse)
+        async with js_client(running.url, UPDATES, auth={"token": token}) as client:
+            await _subscribed(client)
+            await _drop(client, gateway)
+            await gateway.emit_to_user(nurse.user_id, "note", {"n": 1}, namespace=UPDATES)
+            registry.gate.clear()
+            client.send("reconnect")
+            await asyncio.wait_for(registry.waiting.wait(), 5)  # in the room, unrecorded
+            await gateway.emit_to_user(nurse.user_id, "note", {"n": 2}, namespace=UPDATES)
+            registry.gate.set()
+            assert (await client.connected())["recovered"] is True
+            await gateway.emit_to_user(nurse.user_id, "note", {"n": 3}, namespace=UPDATES)
+            await until(lambda: len(client.events("note")) >= 3)
+            await _publish(gateway, 4)  # a later event: nothing more was on its way
+            await until(lambda: len(_vitals(client)) >= 1)
+            assert [args[0]["n"] for args in client.events("note")] == [1, 2, 3]
 
 
 async def test_offsets_keep_advancing_over_two_drops_in_a_row(
@@ -560,3 +613,25 @@ async def test_a_socket_ended_by_its_expiry_is_not_recovered() -> None:
         client.send("reconnect", auth={"token": short.issue(USERS["nurse"])})
         assert (await client.connected())["recovered"] is False
     assert gateway.metrics.recoveries["unknown"] == 1
+
+
+def test_empty_stores_passed_to_the_gateway_are_the_ones_it_uses(
+    authenticator: SignedTokenAuthenticator,
+) -> None:
+    """A store with a ``__len__`` is falsy while empty: the gateway must still use it."""
+    registry, revocations = MemoryRegistry(), MemoryRevocationStore()
+    recovery = MemoryRecoveryStore(window=30)
+    assert not registry
+    assert not recovery
+    gateway = Gateway(
+        authenticator=authenticator,
+        authorizer=reference_rules(),
+        config=quick_config(recovery_window=30),
+        registry=registry,
+        revocations=revocations,
+        recovery=recovery,
+    )
+    assert gateway.registry is registry
+    assert gateway.revocations is revocations
+    assert gateway._recovery is not None
+    assert gateway._recovery.store is recovery

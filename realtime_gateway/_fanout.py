@@ -134,7 +134,8 @@ class FanOutManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
             args.append(offset)
         frames = encode_event(self.server, event, args, namespace)
         key = None
-        if log is not None and offset is not None:
+        if offset is not None:  # so the log is there
+            assert log is not None
             log.append(
                 namespace,
                 LogEntry(

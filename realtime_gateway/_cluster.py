@@ -188,6 +188,8 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         # This process's logged emits until it hears them back, by nonce.
         self._pending: dict[str, dict[str, Any]] = {}
         self._sent = 0
+        # Who waits for an offset of a namespace to be delivered here (heard()).
+        self._awaited: dict[str, list[tuple[OffsetKey, asyncio.Future[None]]]] = {}
 
     def _encode(self, data: Mapping[str, Any]) -> str:
         if self._signer is None:
@@ -345,7 +347,41 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
             seen = self.heads.get(namespace)
             if seen is None or key > seen[1]:
                 self.heads[namespace] = (offset, key)
+                if self._awaited:
+                    self._wake(namespace, key)
         return key
+
+    async def heard(self, namespace: str, key: OffsetKey, within: float) -> bool:
+        """Wait until the event at offset ``key`` of ``namespace``, or a later one,
+        has been delivered here (heard on the bus); ``False`` if not ``within``
+        seconds. At once while this process is not listening: then nothing more
+        comes from the bus."""
+        seen = self.heads.get(namespace)
+        if not self.listening or (seen is not None and seen[1] >= key):
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._awaited.setdefault(namespace, [])
+        entry = (key, future)
+        waiting.append(entry)
+        try:
+            async with asyncio.timeout(within):
+                await future
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiting = self._awaited.get(namespace, [])
+            if entry in waiting:
+                waiting.remove(entry)
+            if not waiting:
+                self._awaited.pop(namespace, None)
+
+    def _wake(self, namespace: str, key: OffsetKey) -> None:
+        """Those waiting for an offset of ``namespace`` up to ``key``: it is here."""
+        waiting = self._awaited.get(namespace)
+        for wanted, future in waiting or ():
+            if wanted <= key and not future.done():
+                future.set_result(None)
 
     def _client(self) -> Any:
         if self._publisher is None:

@@ -55,6 +55,9 @@ _PID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # Deliveries held for one socket while it is being recovered; past this the
 # socket is ended rather than let a burst pile up behind a slow recovery.
 HOLD_LIMIT = 10_000
+# How long a recovered socket's deliveries stay held, at most, for this process to
+# hear on the bus the events its replay carried (see Recovery._caught_up).
+BUS_WAIT = 5.0
 
 
 class Recovery:
@@ -197,7 +200,6 @@ class Recovery:
         """The CONNECT reply is out: send what the socket missed, then what was held."""
         sid = conn.sid
         replay, last = self._replays.pop(sid, ([], None))
-        held = self.holding.pop(sid, None)
         server = self._gateway.server
         send = server._send_eio_packet
         eio_sid = conn.eio_sid
@@ -206,6 +208,11 @@ class Recovery:
                 await send(eio_sid, SizedPacket(eio_packet.MESSAGE, part))
         if replay:
             self._gateway.metrics.recovered_events += len(replay)
+        if last is not None and sid in self.holding:
+            await self._caught_up(conn, last)
+            if sid not in self.holding:
+                return  # it went meanwhile
+        held = self.holding.pop(sid, None)
         for key, frames in held or ():
             if key is not None and last is not None and key <= last:
                 continue  # the replay carried it
@@ -217,6 +224,22 @@ class Recovery:
             await server.disconnect(sid, namespace=conn.namespace)
             return
         await self._store_call(self.store.opened(self._session(conn)))
+
+    async def _caught_up(self, conn: Connection, last: OffsetKey) -> None:
+        """Keep holding until this process has itself delivered the offset ``last``.
+
+        On a cluster, the replay is read from the stream and the client's own
+        offset may come from another process, while this process delivers an event
+        only when it hears it on the bus, a little later: an event up to ``last``
+        heard after the hold ended would reach the socket a second time. The
+        in-process log is written as events are delivered, so it never waits."""
+        heard = getattr(self._gateway.server.manager, "heard", None)
+        if heard is None:
+            return
+        if not await heard(conn.namespace, last, BUS_WAIT):
+            # The bus is that far behind: an event it still brings up to ``last``
+            # may come twice (the canary shows the bus's health).
+            log(logging.WARNING, "recovery_bus_behind", sid=conn.sid, namespace=conn.namespace)
 
     def abandon(self, sid: str) -> None:
         """The socket will not be connected after all: forget what waits for it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from realtime_gateway._recovery import OffsetLost, RecoverySession, TooManyMisse
 from realtime_gateway._recovery_redis import RedisRecoveryStore
 
 from .clinic import USERS, clinic_gateway, connect_as
-from .conftest import Clients, call, quick_config
+from .conftest import Clients, call, quick_config, until
 from .jsclient import JsClient, js_client
 from .redis_server import RedisServer, redis_server_fixture  # noqa: F401 (the fixture)
 from .test_cluster import CHANNEL, TTL, Cluster, Node, _spawn, _wait_ready, running_cluster
@@ -587,3 +588,94 @@ async def test_a_client_back_before_its_server_noticed_is_taken_over_elsewhere(
         await publish(cluster, b, 4)
         assert await received(client, 5) == [0, 1, 2, 3, 4]
         assert in_stream_order(client)
+
+
+@contextlib.asynccontextmanager
+async def recovering_nurse(
+    redis_server: RedisServer, authenticator: SignedTokenAuthenticator
+) -> AsyncIterator[tuple[Any, JsClient, Any]]:
+    """A gateway on Redis with the nurse's official client subscribed to patient p1,
+    dropped after vitals 0 and parked: ``(gateway, client, appended)``, where
+    ``appended(n)`` logs vitals ``n`` as another process would whose message this
+    process has not heard yet, and returns the message to publish later."""
+    config = quick_config(redis_url=redis_server.url, recovery_window=30)
+    gateway = clinic_gateway(authenticator, config=config)
+    recovery = gateway._recovery
+    assert recovery is not None
+    log = recovery.store
+    assert isinstance(log, RedisRecoveryStore)
+    clients = Clients()
+    async with clients.serve(gateway, "aiohttp") as running:
+        manager = gateway.server.manager
+        token = authenticator.issue(USERS["nurse"])
+        async with js_client(running.url, UPDATES, auth={"token": token}) as client:
+            assert (await client.connected())["recovered"] is False
+            await client.call("subscribe:patient", {"patientId": "p1"})
+            await gateway.emit_to_room(ROOM, "patient:update", {"n": 0}, namespace=UPDATES)
+            assert await received(client, 1) == [0]
+            client.send("drop")
+            await client.disconnected()
+            await until(lambda: bool(recovery._parked), within=10)
+
+            async def appended(n: int) -> str:
+                message = {
+                    "method": "emit",
+                    "event": "patient:update",
+                    "data": [{"n": n}],
+                    "binary": False,
+                    "namespace": UPDATES,
+                    "room": ROOM,
+                    "skip_sid": None,
+                    "callback": None,
+                    "host_id": "another-process",
+                }
+                signed = manager._encode(message)
+                call = log.append_args(UPDATES, signed, ROOM, None, gap=False)
+                call["args"][5] = f"{CHANNEL}:nobody"  # in the stream, not yet on the bus
+                offset = await log.append_script(**call)
+                text = offset.decode() if isinstance(offset, bytes) else str(offset)
+                return f'{signed[:-1]},"offset":"{text}"}}'
+
+            yield gateway, client, appended
+
+
+async def test_an_event_replayed_before_this_process_heard_it_is_not_sent_again(
+    redis_server: RedisServer, authenticator: SignedTokenAuthenticator
+) -> None:
+    """The replay reads the stream, which can be ahead of what this process has
+    heard on the bus: the recovered socket stays held until the bus catches up, so
+    the event arriving late on the bus is not delivered a second time."""
+    async with (
+        recovering_nurse(redis_server, authenticator) as (gateway, client, appended),
+        store(redis_server) as redis,
+    ):
+        late = await appended(1)
+        client.send("reconnect")
+        assert (await client.connected())["recovered"] is True
+        assert await received(client, 2) == [0, 1]  # from the replay
+        await redis.publish(gateway.server.manager.channel, late)
+        await gateway.emit_to_room(ROOM, "patient:update", {"n": 2}, namespace=UPDATES)
+        # Had the late copy of 1 been delivered, it would come before 2 (one bus).
+        assert await received(client, 3) == [0, 1, 2]
+        assert in_stream_order(client)
+
+
+async def test_a_bus_that_never_catches_up_releases_the_hold_in_the_end(
+    redis_server: RedisServer,
+    authenticator: SignedTokenAuthenticator,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("realtime_gateway._recover.BUS_WAIT", 0.3)
+    caplog.set_level(logging.WARNING, logger="realtime_gateway")
+    async with recovering_nurse(redis_server, authenticator) as (gateway, client, appended):
+        await appended(1)  # never published
+        client.send("reconnect")
+        assert (await client.connected())["recovered"] is True
+        assert await received(client, 2) == [0, 1]  # from the replay
+        await until(lambda: "recovery_bus_behind" in caplog.text)
+        assert gateway._recovery is not None
+        assert not gateway._recovery.holding
+        # Live again (a later event heard on the bus would also have ended the wait).
+        await gateway.emit_to_room(ROOM, "patient:update", {"n": 2}, namespace=UPDATES)
+        assert await received(client, 3) == [0, 1, 2]

@@ -89,11 +89,14 @@ def _total(counts: object) -> int:
     return sum(counts.values()) if isinstance(counts, Mapping) else 0
 
 
-# What /health reports for each lifecycle state of the gateway.
+# What /health reports for each lifecycle state of the gateway. SPEC's statuses are
+# healthy, not_initialized and draining only (monitors switch on them): a process
+# deaf to the cluster bus is not ready to serve, and ``state`` says why.
 _HEALTH = {
     "running": "healthy",
     "not_mounted": "not_initialized",
     "stopped": "not_initialized",
+    "degraded": "not_initialized",
 }
 _UNHEALTHY = {
     "not_mounted": "The gateway is not mounted",

@@ -1,6 +1,7 @@
 """A process that stops hearing the cluster bus says so: its ``/health`` turns 503
-(``not_initialized``, state ``degraded``), ``cluster_bus_deaf`` moves and one WARNING is logged, and it recovers
-by itself once it hears its own canary again; the other process stays ``ok``.
+(``not_initialized``, state ``degraded``), ``cluster_bus_deaf`` moves and one
+WARNING is logged, and it recovers by itself once it hears its own canary again;
+the other process stays ``ok``.
 
 Processes A and B (tests/cluster_node.py) on a real redis-server, as in
 tests/test_cluster.py. A's subscription is cut with ``CLIENT KILL ID`` while Redis

@@ -59,7 +59,8 @@ clean:
 	rm -rf $(VENV) site node_modules benchmarks/node/node_modules .pytest_cache .mypy_cache .ruff_cache
 
 # Benchmarks against raw python-socketio and Node's socket.io, then the 5-minute soak
-# of the gateway alone: writes benchmarks/RESULTS.md. Node's socket.io goes into
+# of the gateway alone: writes benchmarks/RESULTS.md; then cluster mode on a real
+# redis-server: benchmarks/CLUSTER.md. Node's socket.io goes into
 # benchmarks/node/node_modules. `make soak` runs the soak alone (benchmarks/SOAK.md).
 .PHONY: bench soak
 bench: $(STAMP) system-packages
@@ -68,6 +69,7 @@ bench: $(STAMP) system-packages
 	@test -x $(VENV)/bin/py-spy || $(PY) -m pip install --quiet py-spy
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/recovery_redis.py
+	$(PY) benchmarks/cluster.py
 
 soak: $(STAMP)
 	$(PY) benchmarks/run.py --scenarios SOAK --servers A --out benchmarks/SOAK.md

@@ -20,7 +20,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -34,9 +34,14 @@ class BadRequest(ValueError):
     """A benchmark request that does not follow the protocol."""
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    """``--port`` (0: any free port) and ``--secret`` (or ``BENCH_SECRET``)."""
+def parse_args(
+    description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """``--port`` (0: any free port) and ``--secret`` (or ``BENCH_SECRET``), plus
+    what ``extra`` adds to the parser."""
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
     parser.add_argument(
         "--secret",

@@ -22,11 +22,13 @@ limits (the per-connection rate limit included) and ``GET /bench/stats`` answers
 server's own figures (see :func:`soak_stats`). With ``BENCH_RECOVERY=<seconds>``
 missed-message recovery is on (``GatewayConfig.recovery_window``, in memory): every
 room emit gets its offset as its last argument and goes into the recovery log, and
-a socket that drops is parked for that long.
+a socket that drops is parked for that long. With ``--redis-url`` the gateway is
+one process of a cluster on that Redis (``GatewayConfig.redis_url``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import os
@@ -122,7 +124,12 @@ class WithoutExpiry:
 
 
 def make_gateway(
-    secret: str, *, expiry: bool = True, soak: bool = False, recovery: float | None = None
+    secret: str,
+    *,
+    expiry: bool = True,
+    soak: bool = False,
+    recovery: float | None = None,
+    redis_url: str | None = None,
 ) -> Gateway:
     authenticator: Authenticator = SignedTokenAuthenticator(
         [secret], salt=SALT, max_age=TOKEN_MAX_AGE
@@ -133,10 +140,19 @@ def make_gateway(
     # the per-address handshake budget: every load-generator client comes from one
     # address.
     config = (
-        GatewayConfig(shutdown_grace=0.5, handshake_rate=None, recovery_window=recovery)
+        GatewayConfig(
+            shutdown_grace=0.5,
+            handshake_rate=None,
+            recovery_window=recovery,
+            redis_url=redis_url,
+        )
         if soak
         else GatewayConfig(
-            rate_limit=None, handshake_rate=None, shutdown_grace=0.5, recovery_window=recovery
+            rate_limit=None,
+            handshake_rate=None,
+            shutdown_grace=0.5,
+            recovery_window=recovery,
+            redis_url=redis_url,
         )
     )
     return Gateway(
@@ -288,8 +304,14 @@ def log_stalls() -> None:
 _samplers: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
 
+def _redis_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url", default=None, help="run as one process of a cluster on this Redis"
+    )
+
+
 def main() -> None:
-    args = parse_args(__doc__ or "")
+    args = parse_args(__doc__ or "", _redis_option)
     if os.environ.get("BENCH_GC_LOG"):
         log_gc_pauses()
     if os.environ.get("BENCH_STALL_LOG"):
@@ -301,7 +323,13 @@ def main() -> None:
         recovery = float(window) if window else None
     except ValueError:
         sys.exit("BENCH_RECOVERY must be a number of seconds")
-    gateway = make_gateway(require_secret(args.secret), expiry=expiry, soak=soak, recovery=recovery)
+    gateway = make_gateway(
+        require_secret(args.secret),
+        expiry=expiry,
+        soak=soak,
+        recovery=recovery,
+        redis_url=args.redis_url,
+    )
     asyncio.run(serve(gateway, args.port, soak=soak))
 
 

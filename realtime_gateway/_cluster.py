@@ -32,7 +32,7 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +87,9 @@ return redis.call('DEL', KEYS[6])
 """
 _OVER_LIMIT = -1
 PENDING_LIMIT = 1_000  # own logged emits awaiting their echo (past it: checked as any)
+PUBLISH_BATCH = 256  # messages per pipeline of the publish queue
+FLUSH_WITHIN = 5.0  # seconds a clean stop waits for the publish queue to empty
+PUBLISH_TIMEOUT = 5.0  # seconds a publish (or append) may take before Redis counts as down
 
 
 def process_id() -> str:
@@ -127,6 +130,38 @@ def identity_from_json(data: Mapping[str, Any]) -> Identity:
     )
 
 
+def _ignore() -> None:
+    return None
+
+
+def _ignore_count(count: int) -> None:
+    return None
+
+
+class _Append:
+    """An emit to append to its namespace's stream (and publish), by script."""
+
+    __slots__ = ("namespace", "room", "signed", "skip", "stream")
+
+    def __init__(self, stream: RedisRecoveryStore, namespace: str, signed: str) -> None:
+        self.stream = stream
+        self.namespace = namespace
+        self.signed = signed
+        self.room: Any = None
+        self.skip: Any = None
+
+
+class _Outgoing:
+    """One entry of the publish queue: a message to publish, or an append; with a
+    future for who waits for its result (``None``: not sent)."""
+
+    __slots__ = ("future", "what")
+
+    def __init__(self, what: str | _Append, future: asyncio.Future[Any] | None) -> None:
+        self.what = what
+        self.future = future
+
+
 class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
     """python-socketio's Redis manager with signed JSON messages and quiet recovery.
 
@@ -145,6 +180,15 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
     order, which exactly-once recovery needs (the client keeps only its last
     offset). While Redis is unreachable an emit is delivered here without an
     offset, and nothing is logged.
+
+    Publishing never holds an emit up for a Redis round trip: every message for
+    the bus (emits, control messages, appends) goes into one queue that one task
+    drains in order, pipelining whatever is waiting, so the other processes hear
+    this process's messages in the order it sent them. The queue holds at most
+    ``publish_queue`` messages; past that an emit waits for room (Redis is slower
+    than this process), which ``backpressure`` counts. While Redis is unreachable
+    messages for the others are dropped, and ``unsent`` counts them; local
+    delivery goes on. :meth:`close` publishes what is still queued first.
     """
 
     connected: bool
@@ -161,6 +205,9 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         dropped: Callable[[], None],
         control: Control,
         redis_options: Mapping[str, Any] | None = None,
+        publish_queue: int = 10_000,
+        unsent: Callable[[int], None] | None = None,
+        backpressure: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
             url=url,
@@ -190,6 +237,20 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         self._sent = 0
         # Who waits for an offset of a namespace to be delivered here (heard()).
         self._awaited: dict[str, list[tuple[OffsetKey, asyncio.Future[None]]]] = {}
+        # The publish queue: (a signed message to PUBLISH, or the append script's
+        # call) and, for who waits for the outcome, a future.
+        self._outbox: deque[_Outgoing] = deque()
+        self._outbox_limit = publish_queue
+        self._unsent = unsent or _ignore_count
+        self._backpressure = backpressure or _ignore
+        self._drainer: asyncio.Task[None] | None = None
+        self._queued = asyncio.Event()  # set when the queue has something
+        self._drained = asyncio.Event()  # set after each batch
+        self._busy = False  # a batch is on its way to Redis
+        # Own messages start with this, outside the signature: the listener drops
+        # them unread (python-socketio's listener would drop them after checking).
+        self._own = f'{{"h":{json.dumps(self.host_id)},'
+        self._own_raw = self._own.encode()
 
     def _encode(self, data: Mapping[str, Any]) -> str:
         if self._signer is None:
@@ -289,23 +350,15 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         ``nonce`` (outside the signature) lets this process know its own echo."""
         if not self._outage.may_try():
             return None
-        publisher = self._client()
-        namespace = message["namespace"]
         signed = self._encode(message)
-        call = stream.append_args(
-            namespace,
-            f'{signed[:-1]},"p":{json.dumps(nonce)}}}',
-            message["room"],
-            message["skip_sid"],
-            gap=namespace in self._unlogged,
-        )
-        try:
-            offset = await stream.append_script(**call, client=publisher)
-        except Exception as exc:
-            self._outage.failed(exc)
+        append = _Append(stream, message["namespace"], f'{signed[:-1]},"p":{json.dumps(nonce)}}}')
+        append.room, append.skip = message["room"], message["skip_sid"]
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not await self._enqueue(_Outgoing(append, future)):
             return None
-        self._outage.succeeded()
-        self._unlogged.discard(namespace)
+        offset = await future
+        if offset is None:
+            return None
         return offset.decode() if isinstance(offset, bytes) else str(offset)
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
@@ -393,19 +446,125 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
         return self._publisher
 
     async def _publish(self, data: Any) -> Any:
+        # python-socketio's emits and room changes for the other processes: queued,
+        # published in order; local delivery already happened.
+        return await self._enqueue(_Outgoing(self._own + self._encode(data)[1:], None)) or None
+
+    async def _publish_now(self, raw: str) -> bool:
+        """Queue ``raw`` and wait until it is published: ``False`` if it was not."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not await self._enqueue(_Outgoing(raw, future)):
+            return False
+        return await future is not None
+
+    async def _enqueue(self, item: _Outgoing) -> bool:
+        """Put ``item`` on the publish queue; ``False`` (counted) while Redis is
+        unreachable. Waits while the queue is full."""
         if not self._outage.may_try():
-            return None  # Redis is down: local delivery already happened
+            self._unsent(1)
+            return False
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        if len(self._outbox) >= self._outbox_limit:
+            self._backpressure()
+            while len(self._outbox) >= self._outbox_limit:
+                self._drained.clear()
+                await self._drained.wait()
+            if not self._outage.may_try():
+                self._unsent(1)
+                return False
+        self._outbox.append(item)
+        self._queued.set()
+        return True
+
+    async def _drain(self) -> None:
+        """Publish the queue in order, a pipeline of what is waiting at a time."""
+        outbox, queued, drained = self._outbox, self._queued, self._drained
+        while True:
+            if not outbox:
+                drained.set()
+                queued.clear()
+                await queued.wait()
+                continue
+            batch = [outbox.popleft() for _ in range(min(len(outbox), PUBLISH_BATCH))]
+            self._busy = True
+            results: list[Any] | None = None
+            try:
+                results = await self._send_batch(batch)
+            finally:
+                self._busy = False
+                sent = 0
+                for index, item in enumerate(batch):
+                    result = None if results is None else results[index]
+                    if item.future is None:
+                        sent += results is not None
+                    elif not item.future.done():
+                        item.future.set_result(result)
+                if sent < len(batch) and results is None:
+                    self._unsent(sum(1 for item in batch if item.future is None))
+                drained.set()
+
+    async def _send_batch(self, batch: list[_Outgoing]) -> list[Any] | None:
+        """One pipeline for ``batch``: each message's result, ``None`` if Redis
+        could not be reached."""
+        if not self._outage.may_try():
+            return None
         publisher = self._client()
+        gaps: set[str] = set()
         try:
-            result = await publisher.publish(self.channel, self._encode(data))
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                async with publisher.pipeline(transaction=False) as pipe:
+                    for item in batch:
+                        what = item.what
+                        if isinstance(what, str):
+                            pipe.publish(self.channel, what)
+                            continue
+                        # The first append of a namespace after events it could
+                        # not log marks the gap.
+                        gap = what.namespace in self._unlogged and what.namespace not in gaps
+                        gaps.add(what.namespace)
+                        call = what.stream.append_args(
+                            what.namespace, what.signed, what.room, what.skip, gap=gap
+                        )
+                        await what.stream.append_script(**call, client=pipe)
+                    results: list[Any] = await pipe.execute()
         except Exception as exc:
             self._outage.failed(exc)
             return None
         self._outage.succeeded()
-        return result
+        self._unlogged.difference_update(gaps)
+        return results
+
+    async def flush(self, within: float = FLUSH_WITHIN) -> bool:
+        """Wait until the publish queue is empty (published, or dropped with Redis
+        unreachable); ``False`` if it is not within ``within`` seconds."""
+        drained = self._drained
+        if self._drainer is None or self._drainer.done():
+            return not self._outbox
+        try:
+            async with asyncio.timeout(within):
+                while self._outbox or self._busy:
+                    drained.clear()
+                    await drained.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
-        """Close the publishing client and the listener's (the listener stopped)."""
+        """Publish what is queued (at most ``FLUSH_WITHIN`` seconds), then close the
+        publishing client and the listener's (the listener stopped)."""
+        await self.flush()
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+            self._drainer = None
+        left = [self._outbox.popleft() for _ in range(len(self._outbox))]
+        for item in left:
+            if item.future is not None and not item.future.done():
+                item.future.set_result(None)
+        if left:
+            self._unsent(len(left))
         if self._publisher is not None:
             await self._publisher.aclose()
         pubsub = getattr(self, "pubsub", None)
@@ -419,13 +578,20 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
     async def publish_control(self, data: Mapping[str, Any]) -> bool:
         """Send a control message to the other processes; ``False`` if it could not
         be sent (Redis is unreachable)."""
-        return await self._publish({**data, "rtg": True, "host_id": self.host_id}) is not None
+        message = {**data, "rtg": True, "host_id": self.host_id}
+        return await self._publish_now(self._own + self._encode(message)[1:])
 
     async def send_canary(self) -> None:
         """Publish the next canary, which only this process takes as its own."""
         self._canaries_sent += 1
-        await self._publish(
-            {"rtg": True, "op": "canary", "host_id": self.host_id, "n": self._canaries_sent}
+        # Without the own mark: this process must hear it.
+        await self._enqueue(
+            _Outgoing(
+                self._encode(
+                    {"rtg": True, "op": "canary", "host_id": self.host_id, "n": self._canaries_sent}
+                ),
+                None,
+            )
         )
 
     def _heard_canary(self, data: Mapping[str, Any]) -> None:
@@ -461,10 +627,14 @@ class ClusterManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[mis
 
     async def _listen(self) -> AsyncIterator[dict[str, Any]]:
         channel = self.channel.encode()
+        mark = self._own_raw
         async for message in self._redis_listen_with_retries():
             if message.get("channel") != channel or message.get("type") != "message":
                 continue
-            data = self._decode(message.get("data", b""))
+            raw = message.get("data", b"")
+            if isinstance(raw, bytes) and raw.startswith(mark):
+                continue  # this process's own, sent for the others
+            data = self._decode(raw)
             if data is None:
                 self._dropped()
                 continue
@@ -980,6 +1150,9 @@ class Cluster:
             control=control,
             # Named, so that CLIENT LIST tells which process a subscription is.
             redis_options={**options, "client_name": f"{config.redis_prefix}:bus:{process}"},
+            publish_queue=config.cluster_publish_queue,
+            unsent=self._unsent,
+            backpressure=self._backpressure,
         )
         client = aioredis.Redis.from_url(config.redis_url, socket_timeout=5, **options)
         self.registry = RedisRegistry(
@@ -1004,6 +1177,13 @@ class Cluster:
             "is required with redis_url unless the authenticator is a "
             "SignedTokenAuthenticator, whose keys then sign cluster messages",
         )
+
+    def _unsent(self, count: int) -> None:
+        self._metrics.cluster_messages_unsent += count
+
+    def _backpressure(self) -> None:
+        self._metrics.cluster_publish_waits += 1
+        log(logging.WARNING, "cluster_publish_queue_full", limit=self.config.cluster_publish_queue)
 
     def _dropped(self) -> None:
         self._metrics.cluster_messages_dropped += 1

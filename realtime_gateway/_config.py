@@ -258,7 +258,12 @@ class GatewayConfig:
     newest key of a :class:`SignedTokenAuthenticator`). Each process publishes a
     canary every ``cluster_canary_interval`` seconds; one that has not heard its own
     for three intervals is deaf to the cluster, and ``/health`` answers 503
-    ``degraded`` until it hears it again.
+    ``degraded`` until it hears it again. A process publishes to the others through
+    a queue that one task drains in order, pipelining what is waiting (an emit
+    never waits for a Redis round trip); ``cluster_publish_queue`` bounds it, in
+    messages: past it an emit waits for room (counted, ``cluster_publish_waits``).
+    While Redis is unreachable the messages for the others are dropped (counted,
+    ``cluster_messages_unsent``) and local delivery goes on.
     """
 
     allowed_origins: tuple[str, ...] | None = attrs.field(
@@ -326,6 +331,7 @@ class GatewayConfig:
     cluster_canary_interval: float = attrs.field(
         default=2.0, validator=_at_least(0.1, "a canary is a Redis round trip")
     )
+    cluster_publish_queue: int = attrs.field(default=10_000, validator=_positive_int)
 
     def __attrs_post_init__(self) -> None:
         if self.max_event_size > self.max_payload_size:

@@ -21,6 +21,8 @@ class Metrics:
         self.cluster_messages_dropped = 0
         self.cluster_bus_deaf = 0
         self.cluster_bus_deafened = 0
+        self.cluster_messages_unsent = 0
+        self.cluster_publish_waits = 0
         self.session_binding_refused = 0
         self.sessions_refreshed = 0
         self.slow_consumers = 0
@@ -45,6 +47,8 @@ class Metrics:
             "cluster_messages_dropped": self.cluster_messages_dropped,
             "cluster_bus_deaf": self.cluster_bus_deaf,
             "cluster_bus_deafened": self.cluster_bus_deafened,
+            "cluster_messages_unsent": self.cluster_messages_unsent,
+            "cluster_publish_waits": self.cluster_publish_waits,
             "session_binding_refused": self.session_binding_refused,
             "sessions_refreshed": self.sessions_refreshed,
             "slow_consumers": self.slow_consumers,

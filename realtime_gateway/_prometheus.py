@@ -80,6 +80,18 @@ _COUNTERS = (
         None,
     ),
     (
+        "cluster_messages_unsent",
+        "rtg_cluster_messages_unsent",
+        "Messages for the other processes dropped while Redis was unreachable.",
+        None,
+    ),
+    (
+        "cluster_publish_waits",
+        "rtg_cluster_publish_waits",
+        "Times an emit waited for room in the full cluster publish queue.",
+        None,
+    ),
+    (
         "log_records_suppressed",
         "rtg_log_records_suppressed",
         "Log records left out by the repeat limit (process-wide).",

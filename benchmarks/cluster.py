@@ -220,12 +220,13 @@ async def setup(
         groups: list[list[Client]] = []
         opened: list[Client] = []
         try:
-            connect_seconds = 0.0
+            connect_seconds = connect_cpu = 0.0
             for index, server in enumerate(servers):
                 gen = await stack.enter_async_context(LoadGenerator(server.url))
-                clients, seconds = await gen.connect_many(
-                    tokens.many(f"u{index}-", per_server), concurrency=args.concurrency
-                )
+                wanted = tokens.many(f"u{index}-", per_server)
+                cpu_before = server.cpu_seconds()
+                clients, seconds = await gen.connect_many(wanted, concurrency=args.concurrency)
+                connect_cpu += server.cpu_seconds() - cpu_before
                 connect_seconds += seconds
                 opened += clients
                 groups.append(clients)
@@ -233,6 +234,7 @@ async def setup(
                     controller = await gen.connect(tokens.many("controller", 1)[0])
                     opened.append(controller)
             figures["connects/s"] = processes * per_server / connect_seconds
+            figures["CPU us/connect"] = 1e6 * connect_cpu / (processes * per_server)
             for group in groups:
                 await call_all(
                     group,
@@ -326,15 +328,16 @@ def write(
         f"of {args.runs} runs per round, then the median of {args.rounds} rounds (set-ups "
         "alternate within each round).",
         "",
-        "| set-up | connects/s | deliveries/s | server CPU per delivery |",
-        "|---|---|---|---|",
+        "| set-up | connects/s | server CPU per connect | deliveries/s | server CPU per delivery |",
+        "|---|---|---|---|---|",
     ]
     for name, figures in medians.items():
         cpu = ", ".join(
-            f"{value:.2f} µs" for key, value in figures.items() if key.startswith("CPU")
+            f"{value:.2f} µs" for key, value in figures.items() if key.startswith("CPU us/deliv")
         )
         lines.append(
             f"| {SETUPS[name][2]} | {figures['connects/s']:,.0f} "
+            f"| {figures['CPU us/connect']:,.0f} µs "
             f"| {figures['deliveries/s']:,.0f} | {cpu} |"
         )
     base = medians.get("local")

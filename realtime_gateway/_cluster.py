@@ -86,6 +86,22 @@ redis.call('SADD', KEYS[5], ARGV[3])
 return redis.call('DEL', KEYS[6])
 """
 _OVER_LIMIT = -1
+
+# A socket joins (ARGV[5] = 1) or leaves (-1) a room: the user's presence count in
+# the room (KEYS[1], field ARGV[1]) and this process's share of it (KEYS[2], field
+# ARGV[2]) move, the socket's record (KEYS[3], field ARGV[3]) becomes ARGV[4]; on
+# a leave (ARGV[6] = '1') that empties the room of the user, both count fields go.
+# Answers the room's count for the user. One command where a transaction was five.
+_MOVE_SCRIPT = """
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[5])
+redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+if ARGV[6] == '1' and n <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[2])
+end
+return n
+"""
 PENDING_LIMIT = 1_000  # own logged emits awaiting their echo (past it: checked as any)
 PUBLISH_BATCH = 256  # messages per pipeline of the publish queue
 FLUSH_WITHIN = 5.0  # seconds a clean stop waits for the publish queue to empty
@@ -693,6 +709,10 @@ class RedisRegistry:
         self._swept: Callable[[list[tuple[ConnectionInfo, frozenset[str]]]], Awaitable[None]]
         self._swept = _nothing
         self._add_script = redis.register_script(_ADD_SCRIPT)
+        self._move_script = redis.register_script(_MOVE_SCRIPT)
+        # Each local socket's identity as JSON data, kept while its identity is the
+        # same object: a socket's record is written at each join and heartbeat.
+        self._identities: dict[str, tuple[Identity, dict[str, Any]]] = {}
 
     # -- keys ------------------------------------------------------------------------
 
@@ -721,12 +741,18 @@ class RedisRegistry:
         self._outage.succeeded()
         return result
 
+    def _identity_json(self, conn: Connection) -> dict[str, Any]:
+        cached = self._identities.get(conn.sid)
+        if cached is None or cached[0] is not conn.identity:
+            cached = self._identities[conn.sid] = (conn.identity, identity_to_json(conn.identity))
+        return cached[1]
+
     def _info_json(self, conn: Connection, rooms: Iterable[str]) -> str:
         return json.dumps(
             {
                 "sid": conn.sid,
                 "namespace": conn.namespace,
-                "identity": identity_to_json(conn.identity),
+                "identity": self._identity_json(conn),
                 "rooms": sorted(rooms),
                 "connectedAt": conn.connected_at,
                 "lastActivity": conn.last_activity,
@@ -775,6 +801,7 @@ class RedisRegistry:
         result: int | None = await self._attempt(write)
         if result == _OVER_LIMIT:
             await self.local.remove(conn.sid, departed=False)
+            self._identities.pop(conn.sid, None)
             return None
         return result == 1
 
@@ -784,6 +811,7 @@ class RedisRegistry:
             return frozenset()
         rooms = set(self.local._rooms.get(sid, ()))
         local_gone = await self.local.remove(sid, departed=departed)
+        self._identities.pop(sid, None)
         user_id = conn.identity.user_id
 
         async def write() -> frozenset[str]:
@@ -814,13 +842,10 @@ class RedisRegistry:
         if conn is None or rooms is None or room in rooms:
             return False
         local_new = await self.local.join(sid, room)
+        call = self._move(conn, room, rooms, 1)
 
         async def write() -> bool:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                self._count(pipe, conn.namespace, room, conn.identity.user_id, 1)
-                pipe.hset(self._key("sockets"), sid, self._info_json(conn, rooms))
-                results = await pipe.execute()
-            return int(results[0]) == 1
+            return int(await self._move_script(**call)) == 1
 
         present = await self._attempt(write)
         return local_new if present is None else bool(present)
@@ -831,15 +856,10 @@ class RedisRegistry:
         if conn is None or rooms is None or room not in rooms:
             return False
         local_gone = await self.local.leave(sid, room)
+        call = self._move(conn, room, rooms, -1)
 
         async def write() -> bool:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                self._count(pipe, conn.namespace, room, conn.identity.user_id, -1)
-                pipe.hset(self._key("sockets"), sid, self._info_json(conn, rooms))
-                results = await pipe.execute()
-            count = int(results[0])
-            await self._tidy(conn.identity.user_id, [(conn.namespace, room)], [count])
-            return count <= 0
+            return int(await self._move_script(**call)) <= 0
 
         gone = await self._attempt(write)
         return local_gone if gone is None else bool(gone)
@@ -901,6 +921,28 @@ class RedisRegistry:
         )
 
     # -- counting ----------------------------------------------------------------------
+
+    def _move(
+        self, conn: Connection, room: str, rooms: Iterable[str], delta: int
+    ) -> dict[str, Any]:
+        """The keys and arguments of the move script: ``conn`` joins (``delta`` 1) or
+        leaves (-1) ``room``, and is then in ``rooms``."""
+        user_id = conn.identity.user_id
+        return {
+            "keys": [
+                self._presence_key(conn.namespace, room),
+                self._key("process", self.process, "presence"),
+                self._key("sockets"),
+            ],
+            "args": [
+                user_id,
+                f"{conn.namespace}{_SEP}{room}{_SEP}{user_id}",
+                conn.sid,
+                self._info_json(conn, rooms),
+                delta,
+                "1" if delta < 0 else "0",
+            ],
+        }
 
     def _count(self, pipe: Any, namespace: str, room: str, user_id: str, delta: int) -> None:
         """Queue a presence count change, global first (its result is what callers

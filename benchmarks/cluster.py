@@ -32,6 +32,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -152,6 +153,22 @@ class Server:
     def log_tail(self, chars: int = 2000) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def redis_pid(port: int) -> int | None:
+    """The pid of the redis-server listening on ``port`` (from its INFO)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+        conn.sendall(b"INFO server\r\n")
+        data = b""
+        while b"process_id:" not in data or not data.endswith(b"\r\n\r\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
 
 
 class Tokens:
@@ -277,6 +294,12 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--library", type=Path, default=ROOT)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "CLUSTER.md")
+    parser.add_argument(
+        "--redis-cpu",
+        choices=("client", "server"),
+        default="client",
+        help="the CPU redis-server runs on: the load generator's or the servers'",
+    )
     parser.add_argument("--setups", default=",".join(SETUPS), help="of local, redis, pair")
     args = parser.parse_args()
     args.library = args.library.resolve()
@@ -286,7 +309,11 @@ async def main() -> None:
     if len(cpus) >= 2 and shutil.which("taskset"):
         args.pin = cpus[-1]
         os.sched_setaffinity(0, {cpus[0]})
-        pinning = f"load generator and redis-server on CPU {cpus[0]}, servers on CPU {cpus[-1]}"
+        where = cpus[0] if args.redis_cpu == "client" else cpus[-1]
+        pinning = (
+            f"load generator on CPU {cpus[0]}, servers on CPU {cpus[-1]}, "
+            f"redis-server on CPU {where}"
+        )
     wanted = [name for name in args.setups.split(",") if name]
     tokens = Tokens()
     samples: dict[str, dict[str, list[float]]] = {name: {} for name in wanted}
@@ -297,6 +324,10 @@ async def main() -> None:
             sys.exit("redis-server is not installed")
         redis = RedisServer(redis_path, folder, _free_port())
         redis.start()  # inherits this process's CPU
+        if args.redis_cpu == "server" and args.pin is not None:
+            pid = redis_pid(redis.port)
+            if pid is not None:
+                os.sched_setaffinity(pid, {args.pin})
         try:
             for round_number in range(args.rounds):
                 for name in wanted:

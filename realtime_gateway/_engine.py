@@ -575,6 +575,10 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
                         await self.receive(pkt)
                     except eio_exceptions.SocketIsClosedError:
                         break
+                    # One frame per loop turn: a frame already buffered is read
+                    # without suspending, and a client sending without pause would
+                    # otherwise keep the loop from every other connection.
+                    await asyncio.sleep(0)
         except (TimeoutError, asyncio.CancelledError):
             pass  # as the client going away: the session is closed below
         finally:

@@ -34,12 +34,18 @@ class Recorder(GatewayNamespace):
     def __init__(self) -> None:
         super().__init__("/")
         self.disconnected: list[str] = []
+        self.notes: list[tuple[int, int]] = []
+        self.turns = 0  # loop turns counted by a test, when it counts them
 
     async def on_connected(self, conn: Connection) -> None:
         await self.join(conn, "lobby")
 
     async def on_disconnected(self, conn: Connection, reason: str) -> None:
         self.disconnected.append(reason)
+
+    @event("note", payload=int)
+    async def note(self, conn: Connection, n: int) -> None:
+        self.notes.append((n, self.turns))
 
     @event("burst", payload=int)
     async def burst(self, conn: Connection, count: int) -> dict[str, Any]:
@@ -249,3 +255,41 @@ async def test_a_session_ended_by_the_server_closes_its_websocket_after_the_clos
             assert frames[-2:] == ["41", "1"]  # socket.io DISCONNECT, engine.io CLOSE
             assert raw.close_code == 1000
             assert recorder.disconnected == ["server disconnect"]
+
+
+async def test_frames_that_arrive_together_are_read_one_per_loop_turn(
+    authenticator: SignedTokenAuthenticator, server_kind: str
+) -> None:
+    """A client sending without pause cannot keep the event loop: aiohttp hands
+    over a frame already buffered without suspending, so the read loop yields
+    after each frame itself."""
+    gateway, recorder = recorder_gateway(authenticator, rate_limit=None, user_rate_limit=None)
+    count = 300
+    async with Clients().serve(gateway, server_kind) as server:
+        token = authenticator.issue(USERS["nurse"])
+        async with RawSession.open(server.url, "websocket") as raw:
+            await raw.connect_ns("/", {"token": token})
+            loop = asyncio.get_running_loop()
+            counting = True
+
+            def turn() -> None:
+                recorder.turns += 1
+                if counting:
+                    loop.call_soon(turn)
+
+            turn()
+            # Masked text frames (a zero mask leaves the bytes as they are), in one
+            # write: they reach the server together.
+            frames = b""
+            for n in range(count):
+                payload = f'42["note",{n}]'.encode()
+                frames += bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+            assert raw.ws is not None
+            transport = raw.ws._writer.transport  # the client's own socket
+            transport.write(frames)
+            await until(lambda: len(recorder.notes) == count, within=10)
+            counting = False
+            assert [n for n, _ in recorder.notes] == list(range(count))
+            turns = {at for _, at in recorder.notes}
+            # Read all at once, every handler would run in the same turn.
+            assert len(turns) > count // 2

@@ -83,6 +83,7 @@ from engineio.async_socket import AsyncSocket
 from ._handshakes import AddressBudget, bucket_key, client_address
 from ._log import log
 from ._metrics import Metrics
+from ._outbox import Outbox
 
 __all__ = [
     "COOKIE_PREFIX",
@@ -274,6 +275,10 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
     # transport itself (see _write_frames); None otherwise.
     _frames: list[bytes] | None = None
     _transport: asyncio.WriteTransport | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Outbox()  # python-engineio's asyncio.Queue costs about 3 KB
 
     def schedule_ping(self) -> None:
         """Send the next PING ``ping_interval`` from now (python-engineio's, but with

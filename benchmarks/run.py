@@ -242,6 +242,13 @@ SERVERS = (
     ),
 )
 SERVER_KEYS = tuple(spec.key for spec in SERVERS)
+# Not compared: S1 against it measures the load generator's own ceiling.
+CEILING = ServerSpec(
+    "ceiling",
+    "pre-encoded frames, one write per socket per burst",
+    (sys.executable, str(BENCH_DIR / "servers" / "ceiling_server.py")),
+    "none",
+)
 
 
 class Tokens:
@@ -705,6 +712,7 @@ class Results:
         self.soak: SoakReport | None = None
         self.details: dict[str, list[str]] = {}  # per scenario, said under the tables
         self.errors: list[str] = []
+        self.ceiling: Results | None = None  # S1 against the ceiling server
 
     def measure(
         self,
@@ -2251,11 +2259,50 @@ async def run(args: argparse.Namespace) -> Results:
                 print("\n".join(soak_markdown(results.soak)), flush=True)
             else:
                 print(scenario_table(results, name, specs), flush=True)
+        if "S1" in names and args.ceiling:
+            await measure_ceiling(ctx, secret, log_dir)
         if args.profile and not args.smoke and any(spec.key == "A" for spec in specs):
             await profile_missed(
                 results, sizes, secret, log_dir, args.loadgen, also=args.also_profile
             )
     return results
+
+
+async def measure_ceiling(ctx: Context, secret: str, log_dir: Path) -> None:
+    """S1 against ``servers/ceiling_server.py``, which spends next to nothing per
+    delivery: how many deliveries per second the load generator itself can take."""
+    print(f"S1 against the ceiling server ({ctx.loadgen} load generator) ...", flush=True)
+    scratch = ctx.results.ceiling = Results([CEILING], ctx.loadgen)
+    sub = attrs.evolve(ctx, results=scratch, profiler=None, memory=None)
+    async with ServerProcess(CEILING, secret, log_dir) as server:
+        try:
+            await scenario_fanout(sub, CEILING, server)
+        except Exception as exc:
+            scratch.check("S1", CEILING.key).fail(f"{type(exc).__name__}: {exc}")
+            print(f"    failed: {exc}\n{server.log_tail(800)}", flush=True)
+    for check in scratch.checks.values():
+        if not check.ok:
+            ctx.results.errors.append(f"S1 on the ceiling server: {'; '.join(check.errors)}")
+    print("\n".join(ceiling_lines(scratch)), flush=True)
+
+
+def ceiling_lines(ceiling: Results) -> list[str]:
+    """The ceiling's figures, one bullet per S1 payload size."""
+    lines = []
+    for key, measure in ceiling.measures.items():
+        rate = measure.values.get(CEILING.key)
+        busy = ceiling.loadgen_busy.get((key, CEILING.key))
+        cpu = ceiling.cpu.get((key, CEILING.key))
+        if rate is None or busy is None or cpu is None:
+            lines.append(f"- {measure.label}: failed")
+            continue
+        low, high = measure.spread[CEILING.key]
+        lines.append(
+            f"- {measure.label}: {rate:,.0f} deliveries/s ({low / 1000:.0f}k to "
+            f"{high / 1000:.0f}k), the load generator busy {busy:.0%}, the server "
+            f"{cpu:.2f} µs/delivery"
+        )
+    return lines
 
 
 async def profile_missed(
@@ -2513,6 +2560,18 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
             low, high = measure.spread.get(spec.key, (0.0, 0.0))
             cells.append(f"{low / 1000:.0f}k to {high / 1000:.0f}k" if high else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    if results.ceiling is not None:
+        lines += [
+            "",
+            "The load generator's ceiling: S1 once more against "
+            "`benchmarks/servers/ceiling_server.py`, a server of a few lines on plain "
+            "asyncio that encodes each message once down to its websocket frame and writes "
+            "one buffer per socket per burst of 50 (no framework, no authentication): what "
+            "the load generator alone can take. A figure above near this one, or a load "
+            "generator busy near 100%, is bounded by the load generator.",
+            "",
+            *ceiling_lines(results.ceiling),
+        ]
     lines += ["", "## Delivery checks", ""]
     lines += [
         f"Every `bench:msg` is checked by the load generator ({args.loadgen}): each client "
@@ -2686,6 +2745,17 @@ def as_json(results: Results) -> dict[str, Any]:
         "extensions": {key: sorted(values) for key, values in results.extensions.items()},
         "targets": [attrs.asdict(target) for target in results.evaluate()],
         "soak": None if results.soak is None else results.soak.figures(),
+        "ceiling": None
+        if results.ceiling is None
+        else {
+            key: {
+                "deliveries_per_s": m.values.get(CEILING.key),
+                "loadgen_busy": results.ceiling.loadgen_busy.get((key, CEILING.key)),
+                "cpu_per_delivery_us": results.ceiling.cpu.get((key, CEILING.key)),
+                "ok": all(check.ok for check in results.ceiling.checks.values()),
+            }
+            for key, m in results.ceiling.measures.items()
+        },
         "errors": results.errors,
     }
 
@@ -2714,6 +2784,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-pin", dest="pin", action="store_false", help="do not pin processes to CPUs"
+    )
+    parser.add_argument(
+        "--no-ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="skip S1 against the ceiling server (the load generator's own ceiling)",
     )
     parser.add_argument(
         "--also-profile", default="", help="profile these scenarios too, e.g. S1,S5"

@@ -8,8 +8,9 @@ test asserts that the Node load generator drove the run and each server passed i
 delivery checks (every message of S1 and S5 to every client, in order, of its size;
 S2 and S4 every connection made; S3 every acknowledgement echoing its payload), that
 in S6 every expiring socket was ended as specified, that in S7 every message of the
-recovering server carried an offset (and none of the other's), and that the report
-has its tables with every scenario and every server. A second, shorter run checks
+recovering server carried an offset (and none of the other's), that S1 against the
+ceiling server (the load generator's own ceiling) delivered everything, and that the
+report has its tables with every scenario and every server. A second, shorter run checks
 that ``--loadgen python`` still drives S1 and S3 the same way.
 
 The harness installs socket.io and socket.io-client into benchmarks/node/node_modules
@@ -92,6 +93,12 @@ def test_smoke_run_delivers_everything_in_order_and_reports(tmp_path: Path) -> N
         for server in ONLY.get(key[:2], tuple(SERVERS)):
             assert found["loadgen_busy"][key][server] > 0, (key, server)
             assert found["cpu_per_delivery_us"][key][server] >= 0, (key, server)
+    # S1 against the ceiling server: what the load generator alone can take.
+    for key in ("S1-100", "S1-1024"):
+        ceiling = found["ceiling"][key]
+        assert ceiling["ok"], ceiling
+        assert ceiling["deliveries_per_s"] > 0, ceiling
+        assert ceiling["loadgen_busy"] > 0, ceiling
     measures = found["measures"]
     for key in ("S1-100", "S1-1024", "S3-p50", "S3-p99"):
         assert measures[key]["values"]["A-asgi"] is not None, key
@@ -123,6 +130,7 @@ def test_smoke_run_delivers_everything_in_order_and_reports(tmp_path: Path) -> N
     # Every expiring socket of the smoke's storm (20 of them) was ended as specified.
     assert "20 of 20 expiring sockets ended as specified" in markdown
     assert "official `socket.io-client`" in markdown
+    assert "The load generator's ceiling" in markdown
     checked = markdown.split("## Delivery checks", 1)[1].split("\n## ", 1)[0]
     for name in SCENARIOS:
         (row,) = [line for line in checked.splitlines() if line.startswith(f"| {name} |")]

@@ -2304,6 +2304,27 @@ async def measure_ceiling(ctx: Context, secret: str, log_dir: Path) -> None:
     print("\n".join(ceiling_lines(scratch)), flush=True)
 
 
+BOUNDED_SHARE = 0.9  # of the ceiling's rate, or of the load generator's CPU
+
+
+def generator_bounded(results: Results) -> list[str]:
+    """The S1 figures the load generator, not the server, may have set."""
+    ceiling = results.ceiling
+    found = []
+    for key, measure in results.measures.items():
+        if measure.scenario != "S1" or measure.unit != "deliveries/s":
+            continue
+        top = None if ceiling is None else ceiling.measures[key].values.get(CEILING.key)
+        for spec in results.servers:
+            rate = measure.values.get(spec.key)
+            busy = results.loadgen_busy.get((key, spec.key), 0.0)
+            if rate is not None and (
+                busy >= BOUNDED_SHARE or (top is not None and rate >= BOUNDED_SHARE * top)
+            ):
+                found.append(f"{key} on {spec.key} ({rate / 1000:.0f}k, busy {busy:.0%})")
+    return found
+
+
 def ceiling_lines(ceiling: Results) -> list[str]:
     """The ceiling's figures, one bullet per S1 payload size."""
     lines = []
@@ -2590,6 +2611,13 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
             "",
             *ceiling_lines(results.ceiling),
         ]
+        bounded = generator_bounded(results)
+        if bounded:
+            lines += [
+                "",
+                "Bounded by the load generator (within 10% of its ceiling, or the load "
+                "generator 90% busy or more): " + "; ".join(bounded) + ".",
+            ]
     lines += ["", "## Delivery checks", ""]
     lines += [
         f"Every `bench:msg` is checked by the load generator ({args.loadgen}): each client "

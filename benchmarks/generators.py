@@ -4,7 +4,9 @@
   Node process (``node/loadgen.cjs``), websocket transport only, as a browser's
   client connects; the harness sends it one JSON command per line on stdin and reads
   one JSON answer per line on stdout. It runs on the load generator's CPU (pinned
-  with ``taskset``, as the servers are on theirs).
+  with ``taskset``, as the servers are on theirs). With ``BENCH_LOADGEN_CPU_PROF`` set
+  to a folder, each Node process writes its V8 CPU profile there (``--cpu-prof``) as
+  it exits: where the load generator's own time goes.
 - :class:`PythonGenerator` (``--loadgen python``): ``loadgen.py``'s asyncio clients in
   the harness's own process, a second opinion.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -137,11 +140,14 @@ class NodeGenerator:
     async def __aenter__(self) -> NodeGenerator:
         pin = () if self.pin is None else ("taskset", "-c", str(self.pin))
         node = shutil.which("node") or "node"
+        profile_to = os.environ.get("BENCH_LOADGEN_CPU_PROF")
+        profile = () if not profile_to else ("--cpu-prof", f"--cpu-prof-dir={profile_to}")
         self._log = self.log_path.open("wb")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *pin,
                 node,
+                *profile,
                 str(NODE_LOADGEN),
                 "--url",
                 self.url,

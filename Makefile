@@ -60,12 +60,13 @@ clean:
 
 # Benchmarks against raw python-socketio and Node's socket.io, then the 5-minute soak
 # of the gateway alone: writes benchmarks/RESULTS.md; then cluster mode on a real
-# redis-server: benchmarks/CLUSTER.md. Node's socket.io goes into
-# benchmarks/node/node_modules. `make soak` runs the soak alone (benchmarks/SOAK.md).
+# redis-server: benchmarks/CLUSTER.md. Node's socket.io (server C) and
+# socket.io-client (the load generator) go into benchmarks/node/node_modules unless
+# Node finds them already. `make soak` runs the soak alone (benchmarks/SOAK.md).
 .PHONY: bench soak
 bench: $(STAMP) system-packages
-	@test -f benchmarks/node/node_modules/socket.io/package.json || \
-		npm install --prefix benchmarks/node --no-audit --no-fund
+	@cd benchmarks/node && node -e "require.resolve('socket.io'); require.resolve('socket.io-client')" \
+		2>/dev/null || npm install --no-audit --no-fund
 	@test -x $(VENV)/bin/py-spy || $(PY) -m pip install --quiet py-spy
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/recovery_redis.py

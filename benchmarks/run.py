@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                      # the full run, writes benchmarks/RESULTS.md
     python benchmarks/run.py --smoke --out /tmp/RESULTS.md   # a handful of clients
+    python benchmarks/run.py --loadgen python     # S1 to S5 driven by loadgen.py instead
 
 Servers, each started as a subprocess on a free 127.0.0.1 port, fresh for every
 scenario, and ended by its pid:
@@ -9,9 +10,15 @@ scenario, and ended by its pid:
 - A: realtime_gateway (signed tokens, reference rules, registry) on aiohttp;
 - B: raw python-socketio on aiohttp, no authentication;
 - C: Node's socket.io 4.x with an HMAC token middleware (its packages are installed
-  with npm into benchmarks/node/node_modules when missing).
+  with npm into benchmarks/node/node_modules when missing);
+- A-asgi: server A's gateway as ASGI (``Gateway.asgi_app()``) under uvicorn, S1 and S3
+  only, compared with A.
 
-One load generator (``loadgen.py``, in this process) drives them all. Scenarios:
+One load generator drives them all: by default the official ``socket.io-client`` in
+one Node process (``node/loadgen.cjs``, see ``generators.py``), pinned to the first
+CPU while each server is pinned to the second; ``--loadgen python`` drives S1 to S5
+with ``loadgen.py``'s asyncio clients in this process instead, as a second opinion
+(S6, S7 and the soak always use those). Scenarios:
 S1 fan-out to 1,000 clients in one room (100 B and 1 KB payloads), S2 authenticated
 connects per second, S3 acknowledgement round trips with 1,000 clients connected,
 S4 idle memory per authenticated connection (on A also without expiry timers, to
@@ -63,6 +70,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
+from generators import GENERATORS, Generator, NodeGenerator, RunResult
 from loadgen import Client, Delivery, LoadGenerator, ProtocolError, call_all, close_all
 from soak import FULL_SOAK, SMOKE_SOAK, Soak, SoakReport, SoakSizes
 from soak import markdown as soak_markdown
@@ -72,9 +80,10 @@ from realtime_gateway import GatewayConfig, Identity, SignedTokenAuthenticator
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 NODE_DIR = BENCH_DIR / "node"
-NODE_SOCKET_IO = NODE_DIR / "node_modules" / "socket.io" / "package.json"
+NODE_PACKAGES = ("socket.io", "socket.io-client")  # server C's, the load generator's
 DEFAULT_OUT = BENCH_DIR / "RESULTS.md"
 
+ASGI = "A-asgi"  # the key of the gateway served by uvicorn
 GATEWAY_SALT = "realtime_gateway.bench"  # the salt of servers/gateway_server.py
 TOKEN_TTL = 3600
 READY_TIMEOUT = 30.0  # seconds for a server to print "ready <port>"
@@ -106,6 +115,8 @@ class Sizes:
     ack_rounds: int
     ack_gap: float  # mean seconds between two calls of one client
     idle_connections: int
+    idle_settle: float  # S4: seconds from the warm-up's closes to the first RSS reading
+    idle_seconds: float  # S4: seconds from the connects to the second
     rooms: int
     room_clients: int
     storm_clients: int  # S6: sockets whose tokens expire in the same second
@@ -139,6 +150,8 @@ FULL = Sizes(
     ack_rounds=5,
     ack_gap=1.0,
     idle_connections=2000,
+    idle_settle=1.0,
+    idle_seconds=2.0,
     rooms=100,
     room_clients=1000,
     storm_clients=5000,
@@ -172,6 +185,8 @@ SMOKE = Sizes(
     ack_rounds=2,
     ack_gap=0.02,
     idle_connections=20,
+    idle_settle=0.2,
+    idle_seconds=0.5,
     rooms=2,
     room_clients=10,
     storm_clients=20,
@@ -200,6 +215,7 @@ class ServerSpec:
     name: str
     argv: tuple[str, ...]
     auth: str  # "gateway", "hmac" or "none"
+    env: tuple[tuple[str, str], ...] = ()  # set for the server process
 
 
 SERVERS = (
@@ -216,6 +232,22 @@ SERVERS = (
         "none",
     ),
     ServerSpec("C", "Node socket.io", ("node", str(NODE_DIR / "server.js")), "hmac"),
+    # The same gateway server as A, its asgi_app() served by uvicorn.
+    ServerSpec(
+        ASGI,
+        "realtime_gateway on uvicorn",
+        (sys.executable, str(BENCH_DIR / "servers" / "gateway_server.py")),
+        "gateway",
+        (("BENCH_SERVE", "uvicorn"),),
+    ),
+)
+SERVER_KEYS = tuple(spec.key for spec in SERVERS)
+# Not compared: S1 against it measures the load generator's own ceiling.
+CEILING = ServerSpec(
+    "ceiling",
+    "pre-encoded frames, one write per socket per burst",
+    (sys.executable, str(BENCH_DIR / "servers" / "ceiling_server.py")),
+    "none",
 )
 
 
@@ -289,7 +321,13 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> ServerProcess:
-        env = {**os.environ, **self.env, "BENCH_SECRET": self.secret, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            **dict(self.spec.env),
+            **self.env,
+            "BENCH_SECRET": self.secret,
+            "PYTHONUNBUFFERED": "1",
+        }
         try:
             pin = () if self.pin is None else ("taskset", "-c", str(self.pin))
             self.process = await asyncio.create_subprocess_exec(
@@ -590,7 +628,7 @@ class Check:
     def ok(self) -> bool:
         return self.in_order and self.received == self.expected and not self.errors
 
-    def add(self, delivery: Delivery) -> None:
+    def add(self, delivery: Delivery | RunResult) -> None:
         self.expected += delivery.expected
         self.received += delivery.received
         self.in_order = self.in_order and delivery.in_order
@@ -608,24 +646,49 @@ class Target:
 
     text: str
     label: str  # the Measure it is about
-    kind: str  # "ratio_at_least", "ratio_at_most", "value_at_most" or "value_at_least"
+    # "ratio_at_least", "ratio_at_most", "value_at_most", "value_at_least" or
+    # "cpu_ratio_at_most" (server CPU time per delivery, from "Where the time went")
+    kind: str
     threshold: float
     versus: str = "B"  # for ratios
+    mine: str = "A"  # for ratios: the server held to the target
     value: float | None = None
     met: bool | None = None
     gap: str = ""
 
 
 TARGETS = (
-    Target("S1 100 B deliveries/s >= 1.0x Node", "S1-100", "ratio_at_least", 1.0, "C"),
+    Target("S1 100 B deliveries/s >= 1.3x Node", "S1-100", "ratio_at_least", 1.3, "C"),
+    Target("S1 100 B server CPU/delivery <= 0.5x Node", "S1-100", "cpu_ratio_at_most", 0.5, "C"),
     Target("S1 100 B deliveries/s >= 5x python-socketio", "S1-100", "ratio_at_least", 5.0, "B"),
-    Target("S1 1 KB deliveries/s >= 1.0x Node", "S1-1024", "ratio_at_least", 1.0, "C"),
+    Target("S1 1 KB deliveries/s >= 1.3x Node", "S1-1024", "ratio_at_least", 1.3, "C"),
+    Target("S1 1 KB server CPU/delivery <= 0.5x Node", "S1-1024", "cpu_ratio_at_most", 0.5, "C"),
     Target("S1 1 KB deliveries/s >= 5x python-socketio", "S1-1024", "ratio_at_least", 5.0, "B"),
+    Target("S2 connects/s >= 1.0x Node", "S2", "ratio_at_least", 1.0, "C"),
     Target("S2 connects/s >= 0.9x python-socketio (no auth)", "S2", "ratio_at_least", 0.9, "B"),
+    Target("S3 p50 <= 1.0x Node", "S3-p50", "ratio_at_most", 1.0, "C"),
+    Target("S3 p99 <= 1.0x Node", "S3-p99", "ratio_at_most", 1.0, "C"),
     Target("S3 p99 <= 1.2x python-socketio", "S3-p99", "ratio_at_most", 1.2, "B"),
-    Target("S4 <= 12 KB per idle authenticated connection", "S4", "value_at_most", 12.0),
+    Target("S4 <= 20 KB per idle authenticated connection", "S4", "value_at_most", 20.0),
     Target("S4 expiry timers <= 1 KB per idle connection", "S4-timers", "value_at_most", 1.0),
-    Target("S5 deliveries/s >= 1.0x Node", "S5", "ratio_at_least", 1.0, "C"),
+    Target("S5 deliveries/s >= 1.3x Node", "S5", "ratio_at_least", 1.3, "C"),
+    Target("S5 server CPU/delivery <= 0.5x Node", "S5", "cpu_ratio_at_most", 0.5, "C"),
+    Target(
+        "S1 100 B deliveries/s on uvicorn (ASGI) >= 0.7x aiohttp",
+        "S1-100",
+        "ratio_at_least",
+        0.7,
+        "A",
+        ASGI,
+    ),
+    Target(
+        "S1 1 KB deliveries/s on uvicorn (ASGI) >= 0.7x aiohttp",
+        "S1-1024",
+        "ratio_at_least",
+        0.7,
+        "A",
+        ASGI,
+    ),
     Target("S6 ack p99 during the expiry storm <= 3x quiet", "S6-ratio", "value_at_most", 3.0),
     Target(
         "S7 100 B deliveries/s, recovery on >= 0.85x off",
@@ -643,8 +706,9 @@ TARGETS = (
 
 
 class Results:
-    def __init__(self, servers: Sequence[ServerSpec]) -> None:
+    def __init__(self, servers: Sequence[ServerSpec], loadgen: str = "node") -> None:
         self.servers = list(servers)
+        self.loadgen = loadgen  # S1 to S5's load generator
         self.measures: dict[str, Measure] = {}
         self.checks: dict[tuple[str, str], Check] = {}
         self.extensions: dict[str, set[str]] = {spec.key: set() for spec in servers}
@@ -656,6 +720,7 @@ class Results:
         self.soak: SoakReport | None = None
         self.details: dict[str, list[str]] = {}  # per scenario, said under the tables
         self.errors: list[str] = []
+        self.ceiling: Results | None = None  # S1 against the ceiling server
 
     def measure(
         self,
@@ -674,11 +739,18 @@ class Results:
     def check(self, scenario: str, server: str) -> Check:
         return self.checks.setdefault((scenario, server), Check(scenario, server))
 
-    def ratio(self, key: str, versus: str) -> float | None:
+    def ratio(self, key: str, versus: str, server: str = "A") -> float | None:
         measure = self.measures.get(key)
         if measure is None:
             return None
-        mine, theirs = measure.values.get("A"), measure.values.get(versus)
+        mine, theirs = measure.values.get(server), measure.values.get(versus)
+        if mine is None or not theirs:
+            return None
+        return mine / theirs
+
+    def cpu_ratio(self, key: str, versus: str, server: str = "A") -> float | None:
+        """``server``'s CPU time per delivery over ``versus``'s, in measure ``key``."""
+        mine, theirs = self.cpu.get((key, server)), self.cpu.get((key, versus))
         if mine is None or not theirs:
             return None
         return mine / theirs
@@ -690,15 +762,17 @@ class Results:
             if target.kind in ("value_at_most", "value_at_least"):
                 measure = self.measures.get(target.label)
                 target.value = None if measure is None else measure.values.get("A")
+            elif target.kind == "cpu_ratio_at_most":
+                target.value = self.cpu_ratio(target.label, target.versus, target.mine)
             else:
-                target.value = self.ratio(target.label, target.versus)
+                target.value = self.ratio(target.label, target.versus, target.mine)
             if target.value is not None:
                 if target.kind in ("ratio_at_least", "value_at_least"):
                     target.met = target.value >= target.threshold
                     target.gap = f"{target.value:.2f}x" + (
                         "" if target.met else f", {1 - target.value / target.threshold:.0%} short"
                     )
-                elif target.kind == "ratio_at_most":
+                elif target.kind in ("ratio_at_most", "cpu_ratio_at_most"):
                     target.met = target.value <= target.threshold
                     target.gap = f"{target.value:.2f}x" + (
                         "" if target.met else f", {target.value / target.threshold - 1:.0%} over"
@@ -725,6 +799,12 @@ class Context:
     profiler: Profiler | None = None  # set when profiling the gateway's CPU
     memory: MemoryProfiler | None = None  # set when tracing the gateway's memory
     baseline_profiler: Profiler | None = None  # S7: the server without recovery
+    loadgen: str = "node"  # S1 to S5's load generator (see generators.py)
+    log_dir: Path = attrs.field(factory=lambda: Path(tempfile.gettempdir()))
+
+    def generator(self, server: ServerProcess) -> contextlib.AbstractAsyncContextManager[Generator]:
+        """S1 to S5's load generator (``--loadgen``), driving clients of ``server``."""
+        return GENERATORS[self.loadgen](server.url, self.log_dir)
 
     @contextlib.asynccontextmanager
     async def measuring_pair(
@@ -796,25 +876,67 @@ async def _deliver(
     return delivery, server.cpu_seconds() - cpu_before, time.process_time() - own_before
 
 
+async def _open(
+    gen: Generator, ctx: Context, spec: ServerSpec, count: int, prefix: str = "u"
+) -> list[int]:
+    tokens = ctx.tokens.many(spec.auth, count, prefix)
+    clients, _ = await gen.connect_many(tokens, concurrency=ctx.sizes.connect_concurrency)
+    return clients
+
+
+async def _join(gen: Generator, clients: Sequence[int], rooms: Sequence[str]) -> None:
+    answers = await gen.call_all(clients, "bench:join", rooms, within=CALL_TIMEOUT)
+    refused = [answer for answer in answers if not _succeeded(answer)]
+    if refused:
+        raise ProtocolError(f"bench:join answered {refused[0]!r} ({len(refused)} refused)")
+
+
+async def _run(
+    gen: Generator,
+    server: ServerProcess,
+    controller: int,
+    clients: Sequence[int],
+    event: str,
+    request: dict[str, Any],
+    count: int,
+    size: int,
+) -> tuple[RunResult, float]:
+    """One run: every client expects ``count`` messages of ``size``; the controller
+    asks for them. Returns what the load generator saw and the server's CPU seconds."""
+    timeout = max(30.0, len(clients) * count / 2000)
+    cpu_before = server.cpu_seconds()
+    result = await gen.deliver(clients, controller, event, request, count, size, within=timeout)
+    return result, server.cpu_seconds() - cpu_before
+
+
 async def _fanout_runs(
     ctx: Context,
+    gen: Generator,
     spec: ServerSpec,
     server: ServerProcess,
     key: str,
-    clients: Sequence[Client],
-    controller: Client,
+    clients: Sequence[int],
+    controller: int,
     event: str,
     request: Callable[[int], dict[str, Any]],
     size: int,
 ) -> None:
     """A warm-up run, then ``runs`` measured runs, each of as many messages per client
     as last about ``run_seconds`` at the warm-up's rate; records the median
-    deliveries/s under ``key``."""
+    deliveries/s under ``key``, the server's CPU per delivery and the load
+    generator's busy share."""
     sizes = ctx.sizes
     measure = ctx.results.measures[key]
     check = ctx.results.check(measure.scenario, spec.key)
-    warmup, _, _ = await _deliver(
-        server, controller, clients, event, request(sizes.warmup_count), sizes.warmup_count, size
+    warmup, _ = await _run(
+        gen,
+        server,
+        controller,
+        clients,
+        event,
+        request(sizes.warmup_count),
+        sizes.warmup_count,
+        size,
     )
     check.add(warmup)
     if not warmup.in_order:
@@ -827,16 +949,16 @@ async def _fanout_runs(
     delivered = 0
     async with ctx.measuring(server):
         for _ in range(sizes.runs):
-            delivery, cpu, own = await _deliver(
-                server, controller, clients, event, request(count), count, size
+            result, cpu = await _run(
+                gen, server, controller, clients, event, request(count), count, size
             )
-            check.add(delivery)
-            if not delivery.in_order:
+            check.add(result)
+            if not result.in_order:
                 return
-            rates.append(delivery.expected / delivery.elapsed)
-            cpu_total, own_total = cpu_total + cpu, own_total + own
-            wall_total += delivery.elapsed
-            delivered += delivery.expected
+            rates.append(result.expected / result.elapsed)
+            cpu_total, own_total = cpu_total + cpu, own_total + result.own_cpu
+            wall_total += result.elapsed
+            delivered += result.expected
     measure.values[spec.key] = statistics.median(rates)
     measure.counts[spec.key] = count
     measure.spread[spec.key] = (min(rates), max(rates))
@@ -862,34 +984,24 @@ async def scenario_fanout(ctx: Context, spec: ServerSpec, server: ServerProcess)
             "deliveries/s",
             higher_is_better=True,
         )
-    async with LoadGenerator(server.url) as gen:
-        clients = await _connect(gen, ctx, spec, sizes.fanout_clients)
-        opened = list(clients)
-        try:
-            controller = await gen.connect(ctx.tokens.token(spec.auth, "controller"))
-            opened.append(controller)
-            await call_all(
+    async with ctx.generator(server) as gen:
+        clients = await _open(gen, ctx, spec, sizes.fanout_clients)
+        (controller,) = await _open(gen, ctx, spec, 1, prefix="controller")
+        await _join(gen, clients, ["bench:all"] * len(clients))
+        for size in sizes.fanout_sizes:
+            await _fanout_runs(
+                ctx,
+                gen,
+                spec,
+                server,
+                f"S1-{size}",
                 clients,
-                "bench:join",
-                lambda index: "bench:all",
-                within=CALL_TIMEOUT,
-                check=_succeeded,
+                controller,
+                "bench:fanout",
+                _fanout_request(size),
+                size,
             )
-            for size in sizes.fanout_sizes:
-                await _fanout_runs(
-                    ctx,
-                    spec,
-                    server,
-                    f"S1-{size}",
-                    clients,
-                    controller,
-                    "bench:fanout",
-                    _fanout_request(size),
-                    size,
-                )
-        finally:
-            await close_all(opened)
-        _record_extensions(ctx, spec, gen)
+        await _generator_extensions(ctx, spec, gen)
 
 
 async def scenario_rooms(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
@@ -903,33 +1015,23 @@ async def scenario_rooms(ctx: Context, spec: ServerSpec, server: ServerProcess) 
         "deliveries/s",
         higher_is_better=True,
     )
-    async with LoadGenerator(server.url) as gen:
-        clients = await _connect(gen, ctx, spec, sizes.room_clients)
-        opened = list(clients)
-        try:
-            controller = await gen.connect(ctx.tokens.token(spec.auth, "controller"))
-            opened.append(controller)
-            await call_all(
-                clients,
-                "bench:join",
-                lambda index: f"bench:{index % sizes.rooms}",
-                within=CALL_TIMEOUT,
-                check=_succeeded,
-            )
-            await _fanout_runs(
-                ctx,
-                spec,
-                server,
-                "S5",
-                clients,
-                controller,
-                "bench:rooms",
-                lambda count: {"rooms": sizes.rooms, "count": count, "size": 100},
-                100,
-            )
-        finally:
-            await close_all(opened)
-        _record_extensions(ctx, spec, gen)
+    async with ctx.generator(server) as gen:
+        clients = await _open(gen, ctx, spec, sizes.room_clients)
+        (controller,) = await _open(gen, ctx, spec, 1, prefix="controller")
+        await _join(gen, clients, [f"bench:{index % sizes.rooms}" for index in range(len(clients))])
+        await _fanout_runs(
+            ctx,
+            gen,
+            spec,
+            server,
+            "S5",
+            clients,
+            controller,
+            "bench:rooms",
+            lambda count: {"rooms": sizes.rooms, "count": count, "size": 100},
+            100,
+        )
+        await _generator_extensions(ctx, spec, gen)
 
 
 async def scenario_connects(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
@@ -943,9 +1045,9 @@ async def scenario_connects(ctx: Context, spec: ServerSpec, server: ServerProces
         higher_is_better=True,
     )
     check = ctx.results.check("S2", spec.key)
-    async with LoadGenerator(server.url) as gen:
-        warmup = await _connect(gen, ctx, spec, sizes.connect_concurrency, prefix="w")
-        await close_all(warmup)
+    async with ctx.generator(server) as gen:
+        warmup = await _open(gen, ctx, spec, sizes.connect_concurrency, prefix="w")
+        await gen.close(warmup)
         rates = []
         async with ctx.measuring(server):
             for run in range(sizes.connect_runs):
@@ -956,10 +1058,10 @@ async def scenario_connects(ctx: Context, spec: ServerSpec, server: ServerProces
                 check.expected += len(tokens)
                 check.received += len(clients)
                 rates.append(len(clients) / elapsed)
-                await close_all(clients)
+                await gen.close(clients)
                 await asyncio.sleep(0.5)  # let the server forget them
         measure.values[spec.key] = statistics.median(rates)
-        _record_extensions(ctx, spec, gen)
+        await _generator_extensions(ctx, spec, gen)
 
 
 async def scenario_acks(ctx: Context, spec: ServerSpec, server: ServerProcess) -> None:
@@ -982,37 +1084,29 @@ async def scenario_acks(ctx: Context, spec: ServerSpec, server: ServerProcess) -
         higher_is_better=False,
     )
     check = ctx.results.check("S3", spec.key)
-    rng = random.Random(7)  # noqa: S311 (pacing, not secrets)
     text = "x" * 64
-    round_trips: list[float] = []
-
-    async def calls(index: int, client: Client, rounds: int, record: bool) -> None:
-        for round_ in range(rounds):
-            await asyncio.sleep(rng.uniform(0, 2 * sizes.ack_gap))
-            payload = {"client": index, "round": round_, "text": text}
-            started = time.perf_counter()
-            answer = await client.call("bench:echo", payload, within=CALL_TIMEOUT)
-            elapsed = time.perf_counter() - started
-            check.expected += 1
-            if answer == {"success": True, "payload": payload}:
-                check.received += 1
-            else:
-                check.fail(f"bench:echo answered {answer!r}")
-            if record:
-                round_trips.append(elapsed * 1000)
-
-    async with LoadGenerator(server.url) as gen:
-        clients = await _connect(gen, ctx, spec, sizes.ack_clients)
-        try:
-            await asyncio.gather(*(calls(i, c, 1, False) for i, c in enumerate(clients)))
-            async with ctx.measuring(server):
-                await asyncio.gather(
-                    *(calls(i, c, sizes.ack_rounds, True) for i, c in enumerate(clients))
-                )
-        finally:
-            await close_all(clients)
-        _record_extensions(ctx, spec, gen)
-    ordered = sorted(round_trips)
+    async with ctx.generator(server) as gen:
+        clients = await _open(gen, ctx, spec, sizes.ack_clients)
+        warm = await gen.acks(
+            clients, 1, sizes.ack_gap, seed=7, text=text, record=False, within=CALL_TIMEOUT
+        )
+        async with ctx.measuring(server):
+            measured = await gen.acks(
+                clients,
+                sizes.ack_rounds,
+                sizes.ack_gap,
+                seed=8,
+                text=text,
+                record=True,
+                within=CALL_TIMEOUT,
+            )
+        await _generator_extensions(ctx, spec, gen)
+    for result in (warm, measured):
+        check.expected += result.expected
+        check.received += result.received
+        for error in result.errors:
+            check.fail(error)
+    ordered = sorted(measured.round_trips_ms)
     p50.values[spec.key] = _percentile(ordered, 50)
     p99.values[spec.key] = _percentile(ordered, 99)
 
@@ -1060,26 +1154,24 @@ async def _idle_memory(ctx: Context, spec: ServerSpec, server: ServerProcess) ->
     """KB of RSS growth per idle connection on ``server``."""
     sizes = ctx.sizes
     check = ctx.results.check("S4", spec.key)
-    async with LoadGenerator(server.url) as gen:
-        warmup = await _connect(gen, ctx, spec, sizes.connect_concurrency, prefix="w")
-        await close_all(warmup)
-        await asyncio.sleep(1.0)
+    async with ctx.generator(server) as gen:
+        warmup = await _open(gen, ctx, spec, sizes.connect_concurrency, prefix="w")
+        await gen.close(warmup)
+        await asyncio.sleep(sizes.idle_settle)
         before = server.rss_kib()
         if ctx.memory is not None:
             await ctx.memory.snapshot(server)
         tokens = ctx.tokens.many(spec.auth, sizes.idle_connections)
         clients, _ = await gen.connect_many(tokens, concurrency=sizes.connect_concurrency)
-        try:
-            check.expected += len(tokens)
-            check.received += len(clients)
-            await asyncio.sleep(2.0)  # idle
-            after = server.rss_kib()
-            if ctx.memory is not None:
-                await ctx.memory.snapshot(server)
-                ctx.memory.connections = len(clients)
-        finally:
-            await close_all(clients)
-        _record_extensions(ctx, spec, gen)
+        check.expected += len(tokens)
+        check.received += len(clients)
+        await asyncio.sleep(sizes.idle_seconds)  # idle
+        after = server.rss_kib()
+        if ctx.memory is not None:
+            await ctx.memory.snapshot(server)
+            ctx.memory.connections = len(clients)
+        await gen.close(clients)
+        await _generator_extensions(ctx, spec, gen)
     return (after - before) / len(clients)
 
 
@@ -2000,6 +2092,12 @@ def _record_extensions(ctx: Context, spec: ServerSpec, gen: LoadGenerator) -> No
     ctx.results.offered |= gen.offered
 
 
+async def _generator_extensions(ctx: Context, spec: ServerSpec, gen: Generator) -> None:
+    await gen.refresh_extensions()
+    ctx.results.extensions[spec.key] |= gen.extensions
+    ctx.results.offered |= gen.offered
+
+
 def _percentile(ordered: Sequence[float], percent: float) -> float:
     """Nearest-rank percentile of sorted values."""
     if not ordered:
@@ -2024,7 +2122,22 @@ SCENARIOS: dict[str, Scenario] = {
     "SOAK": scenario_soak,
 }
 # The scenarios that run on some servers only.
-SCENARIO_SERVERS = {"S6": ("A",), "S7": ("A",), "SOAK": ("A",)}
+SCENARIO_SERVERS = {
+    "S2": ("A", "B", "C"),
+    "S4": ("A", "B", "C"),
+    "S5": ("A", "B", "C"),
+    "S6": ("A",),
+    "S7": ("A",),
+    "SOAK": ("A",),
+}
+
+
+def runs_on(scenario: str, server: str) -> bool:
+    """Whether ``scenario`` runs on ``server`` (the uvicorn variant: S1 and S3 only)."""
+    only = SCENARIO_SERVERS.get(scenario)
+    return only is None or server in only
+
+
 SCENARIO_ENV = {  # for the gateway server, by scenario
     "S6": {"BENCH_GC_LOG": "1"},
     "SOAK": {"BENCH_SOAK": "1"},
@@ -2033,6 +2146,7 @@ TARGET_SCENARIO = {
     "S1-100": "S1",
     "S1-1024": "S1",
     "S2": "S2",
+    "S3-p50": "S3",
     "S3-p99": "S3",
     "S4": "S4",
     "S4-timers": "S4",
@@ -2048,13 +2162,12 @@ TARGET_SCENARIO = {
 async def run_scenario(
     name: str, ctx: Context, specs: Sequence[ServerSpec], secret: str, log_dir: Path
 ) -> None:
-    only = SCENARIO_SERVERS.get(name)
     for spec in specs:
-        if only is not None and spec.key not in only:
+        if not runs_on(name, spec.key):
             continue
         print(f"  {name} on {spec.key} ({spec.name}) ...", flush=True)
         started = time.perf_counter()
-        env = SCENARIO_ENV.get(name, {}) if spec.key == "A" else {}
+        env = SCENARIO_ENV.get(name, {}) if spec.key in ("A", ASGI) else {}
         async with ServerProcess(spec, secret, log_dir, env) as server:
             try:
                 await SCENARIOS[name](ctx, spec, server)
@@ -2070,13 +2183,36 @@ class HarnessError(Exception):
     """The benchmarks cannot run at all."""
 
 
+def node_packages_found() -> bool:
+    """Whether Node finds socket.io and socket.io-client from benchmarks/node (in its
+    node_modules or, as Node looks, in a folder above)."""
+    probe = "for (const name of process.argv.slice(1)) require.resolve(name + '/package.json')"
+    try:
+        done = subprocess.run(  # noqa: S603 (a fixed command)
+            ["node", "-e", probe, *NODE_PACKAGES],  # noqa: S607 (node from PATH)
+            cwd=NODE_DIR,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 def ensure_node_packages() -> None:
-    """Install Node's socket.io into benchmarks/node/node_modules if it is missing."""
+    """Install Node's socket.io and socket.io-client into benchmarks/node/node_modules
+    if Node does not find them."""
     if shutil.which("node") is None or shutil.which("npm") is None:
-        raise HarnessError("node and npm are needed for server C (Node's socket.io)")
-    if NODE_SOCKET_IO.exists():
+        raise HarnessError(
+            "node and npm are needed for server C (Node's socket.io) and the load generator"
+        )
+    if node_packages_found():
         return
-    print("installing Node's socket.io into benchmarks/node/node_modules ...", flush=True)
+    print(
+        "installing socket.io and socket.io-client into benchmarks/node/node_modules ...",
+        flush=True,
+    )
     command = ["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"]
     try:
         done = subprocess.run(  # noqa: S603 (a fixed command)
@@ -2084,21 +2220,25 @@ def ensure_node_packages() -> None:
         )
     except subprocess.TimeoutExpired:
         raise HarnessError(f"npm install took more than {NPM_TIMEOUT:.0f} s") from None
-    if done.returncode != 0 or not NODE_SOCKET_IO.exists():
+    if done.returncode != 0 or not node_packages_found():
         raise HarnessError(f"npm install failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
 
 def pin_cpus() -> str:
-    """With two CPUs or more, and taskset at hand, the load generator (this process)
-    runs on the first CPU and every server on the second, so that the two never
-    compete for one core and the scheduler does not move them around. Says what
-    was done."""
+    """With two CPUs or more, and taskset at hand, the load generator (the Node
+    process, and this one) runs on the first CPU and every server on the second, so
+    that the two never compete for one core and the scheduler does not move them
+    around. Says what was done."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 or shutil.which("taskset") is None:
         return "none (fewer than 2 CPUs or no taskset): the OS schedules everything"
     os.sched_setaffinity(0, {cpus[0]})
+    NodeGenerator.pin = cpus[0]
     ServerProcess.pin = cpus[1]
-    return f"load generator on CPU {cpus[0]}, each server (all its threads) on CPU {cpus[1]}"
+    return (
+        f"load generator (and the harness) on CPU {cpus[0]}, each server (all its threads) "
+        f"on CPU {cpus[1]}"
+    )
 
 
 def raise_file_limit() -> None:
@@ -2113,16 +2253,23 @@ async def run(args: argparse.Namespace) -> Results:
     specs = [spec for spec in SERVERS if spec.key in args.servers]
     names = [name for name in SCENARIOS if name in args.scenarios]
     secret = secrets.token_urlsafe(32)
-    results = Results(specs)
+    results = Results(specs, args.loadgen)
     soak = SMOKE_SOAK if args.smoke else FULL_SOAK
     soak = attrs.evolve(
         soak,
         seconds=args.soak_seconds or soak.seconds,
         clients=args.soak_clients or soak.clients,
     )
-    ctx = Context(sizes=sizes, tokens=Tokens(secret), results=results, soak=soak)
     with tempfile.TemporaryDirectory(prefix="rtg-bench-") as tmp:
         log_dir = Path(tmp)
+        ctx = Context(
+            sizes=sizes,
+            tokens=Tokens(secret),
+            results=results,
+            soak=soak,
+            loadgen=args.loadgen,
+            log_dir=log_dir,
+        )
         for name in names:
             print(f"{name}:", flush=True)
             await run_scenario(name, ctx, specs, secret, log_dir)
@@ -2130,13 +2277,80 @@ async def run(args: argparse.Namespace) -> Results:
                 print("\n".join(soak_markdown(results.soak)), flush=True)
             else:
                 print(scenario_table(results, name, specs), flush=True)
+        if "S1" in names and args.ceiling:
+            await measure_ceiling(ctx, secret, log_dir)
         if args.profile and not args.smoke and any(spec.key == "A" for spec in specs):
-            await profile_missed(results, sizes, secret, log_dir, also=args.also_profile)
+            await profile_missed(
+                results, sizes, secret, log_dir, args.loadgen, also=args.also_profile
+            )
     return results
 
 
+async def measure_ceiling(ctx: Context, secret: str, log_dir: Path) -> None:
+    """S1 against ``servers/ceiling_server.py``, which spends next to nothing per
+    delivery: how many deliveries per second the load generator itself can take."""
+    print(f"S1 against the ceiling server ({ctx.loadgen} load generator) ...", flush=True)
+    scratch = ctx.results.ceiling = Results([CEILING], ctx.loadgen)
+    sub = attrs.evolve(ctx, results=scratch, profiler=None, memory=None)
+    async with ServerProcess(CEILING, secret, log_dir) as server:
+        try:
+            await scenario_fanout(sub, CEILING, server)
+        except Exception as exc:
+            scratch.check("S1", CEILING.key).fail(f"{type(exc).__name__}: {exc}")
+            print(f"    failed: {exc}\n{server.log_tail(800)}", flush=True)
+    for check in scratch.checks.values():
+        if not check.ok:
+            ctx.results.errors.append(f"S1 on the ceiling server: {'; '.join(check.errors)}")
+    print("\n".join(ceiling_lines(scratch)), flush=True)
+
+
+BOUNDED_SHARE = 0.9  # of the ceiling's rate, or of the load generator's CPU
+
+
+def generator_bounded(results: Results) -> list[str]:
+    """The S1 figures the load generator, not the server, may have set."""
+    ceiling = results.ceiling
+    found = []
+    for key, measure in results.measures.items():
+        if measure.scenario != "S1" or measure.unit != "deliveries/s":
+            continue
+        top = None if ceiling is None else ceiling.measures[key].values.get(CEILING.key)
+        for spec in results.servers:
+            rate = measure.values.get(spec.key)
+            busy = results.loadgen_busy.get((key, spec.key), 0.0)
+            if rate is not None and (
+                busy >= BOUNDED_SHARE or (top is not None and rate >= BOUNDED_SHARE * top)
+            ):
+                found.append(f"{key} on {spec.key} ({rate / 1000:.0f}k, busy {busy:.0%})")
+    return found
+
+
+def ceiling_lines(ceiling: Results) -> list[str]:
+    """The ceiling's figures, one bullet per S1 payload size."""
+    lines = []
+    for key, measure in ceiling.measures.items():
+        rate = measure.values.get(CEILING.key)
+        busy = ceiling.loadgen_busy.get((key, CEILING.key))
+        cpu = ceiling.cpu.get((key, CEILING.key))
+        if rate is None or busy is None or cpu is None:
+            lines.append(f"- {measure.label}: failed")
+            continue
+        low, high = measure.spread[CEILING.key]
+        lines.append(
+            f"- {measure.label}: {rate:,.0f} deliveries/s ({low / 1000:.0f}k to "
+            f"{high / 1000:.0f}k), the load generator busy {busy:.0%}, the server "
+            f"{cpu:.2f} µs/delivery"
+        )
+    return lines
+
+
 async def profile_missed(
-    results: Results, sizes: Sizes, secret: str, log_dir: Path, also: Sequence[str] = ()
+    results: Results,
+    sizes: Sizes,
+    secret: str,
+    log_dir: Path,
+    loadgen: str,
+    also: Sequence[str] = (),
 ) -> None:
     """Run each scenario whose target the gateway missed (and those in ``also``) once
     more, under py-spy (S4: tracing memory with tracemalloc)."""
@@ -2151,7 +2365,9 @@ async def profile_missed(
     for name in missed:
         # A separate Results: the profiled run's figures are skewed by the profiling.
         scratch = Results([gateway])
-        ctx = Context(sizes=sizes, tokens=Tokens(secret), results=scratch)
+        ctx = Context(
+            sizes=sizes, tokens=Tokens(secret), results=scratch, loadgen=loadgen, log_dir=log_dir
+        )
         env = dict(SCENARIO_ENV.get(name, {}))
         if name == "S4":
             print("tracing the gateway's memory under S4 ...", flush=True)
@@ -2201,23 +2417,33 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _ratio_columns(keys: set[str]) -> list[tuple[str, str]]:
+    """The (server, versus) pairs of the ratio columns: A against B and C, and the
+    uvicorn variant against A."""
+    pairs: list[tuple[str, str]] = [
+        ("A", other) for other in ("B", "C") if "A" in keys and other in keys
+    ]
+    if "A" in keys and ASGI in keys:
+        pairs.append((ASGI, "A"))
+    return pairs
+
+
 def table_rows(results: Results, measures: Sequence[tuple[str, Measure]]) -> list[str]:
     specs = results.servers
     header = ["Scenario", "unit", *(f"{spec.key}: {spec.name}" for spec in specs)]
-    keys = {spec.key for spec in specs}
-    if "A" in keys:
-        header += [f"A/{other}" for other in ("B", "C") if other in keys]
+    pairs = _ratio_columns({spec.key for spec in specs})
+    header += [f"{mine}/{other}" for mine, other in pairs]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, measure in measures:
         cells = [measure.label, measure.unit]
         cells += [
             "n/a"
-            if measure.only is not None and spec.key not in measure.only
+            if (measure.only is not None and spec.key not in measure.only)
+            or not runs_on(measure.scenario, spec.key)
             else _fmt(measure.values.get(spec.key), measure.unit)
             for spec in specs
         ]
-        if "A" in keys:
-            cells += [_ratio(results.ratio(key, other)) for other in ("B", "C") if other in keys]
+        cells += [_ratio(results.ratio(key, other, mine)) for mine, other in pairs]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -2290,14 +2516,18 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
         "",
         f"Produced by `make bench` (`benchmarks/run.py`) on "
         f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} in {elapsed:.0f} s.",
-        "Servers on 127.0.0.1, each fresh for every scenario, all driven by the same load",
-        "generator (`benchmarks/loadgen.py`, one asyncio process, aiohttp websockets "
-        "offering permessage-deflate).",
+        "Servers on 127.0.0.1, each fresh for every scenario, all driven by the same load "
+        "generator: " + LOADGEN_TEXT[args.loadgen] + " S6, S7 and the soak are driven by "
+        "`benchmarks/loadgen.py` whatever the choice (they follow each socket's "
+        "events in ways only it implements).",
         "",
         "- **A**: realtime_gateway on aiohttp: signed-token auth (itsdangerous), the "
         "reference rules plus a rule for `bench:{room}`, the registry on, rate limit off.",
         "- **B**: raw python-socketio `AsyncServer` on aiohttp with its defaults, no auth.",
         "- **C**: Node socket.io 4.x with its defaults and an HMAC-SHA256 token middleware.",
+        f"- **{ASGI}**: the same gateway server as A, `Gateway.asgi_app()` served by "
+        "uvicorn (websockets-sansio, permessage-deflate declined as A declines it); S1 "
+        f"and S3 only (n/a elsewhere), the column {ASGI}/A its ratio to A on aiohttp.",
         "",
         "## Machine",
         "",
@@ -2318,7 +2548,8 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
         f"client calls `bench:echo` {sizes.ack_rounds} times, one at a time, after random "
         f"pauses of 0 to {2 * sizes.ack_gap:g} s (about "
         f"{sizes.ack_clients / sizes.ack_gap:,.0f} calls/s overall). S4: RSS (VmRSS) "
-        "growth of the server process from before to 2 s after the connects, divided "
+        f"growth of the server process from before to {sizes.idle_seconds:g} s after the "
+        "connects, divided "
         "by the connections; A's tokens always carry an expiry, so every socket has its "
         "expiry timers armed, and A is measured once more with identities stripped of "
         "`expires_at` (no timers) to tell what they cost. S6 (A only, n/a elsewhere: "
@@ -2368,9 +2599,29 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
             low, high = measure.spread.get(spec.key, (0.0, 0.0))
             cells.append(f"{low / 1000:.0f}k to {high / 1000:.0f}k" if high else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    if results.ceiling is not None:
+        lines += [
+            "",
+            "The load generator's ceiling: S1 once more against "
+            "`benchmarks/servers/ceiling_server.py`, a server of a few lines on plain "
+            "asyncio that encodes each message once down to its websocket frame and writes "
+            "one buffer per socket per burst of 50 (no framework, no authentication): what "
+            "the load generator alone can take. A figure above near this one, or a load "
+            "generator busy near 100%, is bounded by the load generator.",
+            "",
+            *ceiling_lines(results.ceiling),
+        ]
+        bounded = generator_bounded(results)
+        if bounded:
+            lines += [
+                "",
+                "Bounded by the load generator (within 10% of its ceiling, or the load "
+                "generator 90% busy or more): " + "; ".join(bounded) + ".",
+            ]
     lines += ["", "## Delivery checks", ""]
     lines += [
-        "Every `bench:msg` is checked by the load generator: each client must receive "
+        f"Every `bench:msg` is checked by the load generator ({args.loadgen}): each client "
+        "must receive "
         "every sequence number of a run, in order, with the payload's size; S2/S4 count "
         "the connections made, S3 the acknowledgements that echoed the payload, S6 "
         "those and the expiring sockets ended as specified.",
@@ -2454,6 +2705,14 @@ def markdown(results: Results, args: argparse.Namespace, elapsed: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+LOADGEN_TEXT = {
+    "node": "the official `socket.io-client` 4.x (`benchmarks/node/loadgen.cjs`, one Node "
+    "process, websocket transport only, as browsers connect, offering permessage-deflate "
+    "as it does), pinned to its own CPU.",
+    "python": "`benchmarks/loadgen.py` (`--loadgen python`: one asyncio process, aiohttp "
+    "websockets offering permessage-deflate), in the harness's own process.",
+}
+
 RECOVERY_CODE = (
     "realtime_gateway/_recovery.py",
     "realtime_gateway/_recover.py",
@@ -2496,6 +2755,7 @@ def _recovery_profile(profiles: dict[str, Profiler]) -> list[str]:
 
 def as_json(results: Results) -> dict[str, Any]:
     return {
+        "loadgen": results.loadgen,
         "servers": {spec.key: spec.name for spec in results.servers},
         "measures": {
             key: {
@@ -2507,6 +2767,14 @@ def as_json(results: Results) -> dict[str, Any]:
                 "slowest_fastest_run": m.spread,
             }
             for key, m in results.measures.items()
+        },
+        "cpu_per_delivery_us": {
+            key: {server: value for (k, server), value in results.cpu.items() if k == key}
+            for key in {k for k, _ in results.cpu}
+        },
+        "loadgen_busy": {
+            key: {server: value for (k, server), value in results.loadgen_busy.items() if k == key}
+            for key in {k for k, _ in results.loadgen_busy}
         },
         "checks": [
             {
@@ -2523,6 +2791,17 @@ def as_json(results: Results) -> dict[str, Any]:
         "extensions": {key: sorted(values) for key, values in results.extensions.items()},
         "targets": [attrs.asdict(target) for target in results.evaluate()],
         "soak": None if results.soak is None else results.soak.figures(),
+        "ceiling": None
+        if results.ceiling is None
+        else {
+            key: {
+                "deliveries_per_s": m.values.get(CEILING.key),
+                "loadgen_busy": results.ceiling.loadgen_busy.get((key, CEILING.key)),
+                "cpu_per_delivery_us": results.ceiling.cpu.get((key, CEILING.key)),
+                "ok": all(check.ok for check in results.ceiling.checks.values()),
+            }
+            for key, m in results.ceiling.measures.items()
+        },
         "errors": results.errors,
     }
 
@@ -2535,12 +2814,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios", default=",".join(SCENARIOS), help="which scenarios (default: all)"
     )
-    parser.add_argument("--servers", default="A,B,C", help="which servers (default: A,B,C)")
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVER_KEYS),
+        help=f"which servers (default: {','.join(SERVER_KEYS)})",
+    )
+    parser.add_argument(
+        "--loadgen",
+        choices=sorted(GENERATORS),
+        default="node",
+        help="S1 to S5's load generator: Node's socket.io-client (default) or loadgen.py's",
+    )
     parser.add_argument(
         "--no-profile", dest="profile", action="store_false", help="skip profiling missed targets"
     )
     parser.add_argument(
         "--no-pin", dest="pin", action="store_false", help="do not pin processes to CPUs"
+    )
+    parser.add_argument(
+        "--no-ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="skip S1 against the ceiling server (the load generator's own ceiling)",
     )
     parser.add_argument(
         "--also-profile", default="", help="profile these scenarios too, e.g. S1,S5"
@@ -2553,13 +2848,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.scenarios = [name.strip().upper() for name in args.scenarios.split(",") if name.strip()]
-    args.servers = [name.strip().upper() for name in args.servers.split(",") if name.strip()]
+    canonical = {key.upper(): key for key in SERVER_KEYS}
+    args.servers = [
+        canonical.get(name.strip().upper(), name.strip())
+        for name in args.servers.split(",")
+        if name.strip()
+    ]
     args.also_profile = [
         name.strip().upper() for name in args.also_profile.split(",") if name.strip()
     ]
     unknown = (
         set(args.scenarios) - set(SCENARIOS)
-        | set(args.servers) - {"A", "B", "C"}
+        | set(args.servers) - set(SERVER_KEYS)
         | set(args.also_profile) - set(args.scenarios)
     )
     if unknown:
@@ -2571,7 +2871,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     raise_file_limit()
     args.pinning = pin_cpus() if args.pin else "none (--no-pin)"
-    if "C" in args.servers:
+    if "C" in args.servers or args.loadgen == "node":
         try:
             ensure_node_packages()
         except HarnessError as exc:

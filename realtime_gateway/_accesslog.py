@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -183,6 +184,30 @@ def _response_header(name: str) -> _Field:
     return field
 
 
+_Part = str | tuple[str | tuple[str, str], _Field]
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(log_format: str) -> tuple[_Part, ...]:
+    """``log_format`` as literal text and (extra key, field) pairs, in order."""
+    parts: list[_Part] = []
+    position = 0
+    for found in _DIRECTIVE.finditer(log_format):
+        parts.append(log_format[position : found.start()])
+        position = found.end()
+        header, direction, code = found.groups()
+        if code == "%":
+            parts.append("%")
+        elif code is not None:
+            parts.append(_FIELDS[code])
+        elif direction == "i":
+            parts.append((("request_header", header), _request_header(header)))
+        else:
+            parts.append((("response_header", header), _response_header(header)))
+    parts.append(log_format[position:])
+    return tuple(parts)
+
+
 class RedactingAccessLogger(AbstractAccessLogger):
     """An aiohttp access logger that keeps credentials and forged lines out.
 
@@ -199,21 +224,9 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
-        self._parts: list[str | tuple[str | tuple[str, str], _Field]] = []
-        position = 0
-        for found in _DIRECTIVE.finditer(log_format):
-            self._parts.append(log_format[position : found.start()])
-            position = found.end()
-            header, direction, code = found.groups()
-            if code == "%":
-                self._parts.append("%")
-            elif code is not None:
-                self._parts.append(_FIELDS[code])
-            elif direction == "i":
-                self._parts.append((("request_header", header), _request_header(header)))
-            else:
-                self._parts.append((("response_header", header), _response_header(header)))
-        self._parts.append(log_format[position:])
+        # aiohttp makes one access logger per TCP connection: the parsed format is
+        # shared by all of them.
+        self._parts = _parsed(log_format)
 
     @property
     def enabled(self) -> bool:

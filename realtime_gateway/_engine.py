@@ -37,12 +37,19 @@ drivers, made strict where a hostile client could otherwise wedge or hijack them
   polling body 200 while the session stays open.
 - :class:`AiohttpWebSocket` and :class:`AsgiWebSocket` accept messages of up to
   ``maxPayload`` bytes inclusive and close with 1009 above it.
+- *Frames written once*: under aiohttp, on a websocket without compression, the
+  socket writes websocket frames to its transport itself: a broadcast packet is
+  framed once for all its recipients (:class:`SizedPacket`), and the frames sent to
+  a socket in one loop turn go out in one write when the turn's callbacks have run
+  (:meth:`EngineServer.frames_waiting`), in the order they were sent, acks and
+  PINGs included. No writer task, and no task or timer per frame read: the read
+  loop ends when a PONG is overdue or the connection is evicted. Elsewhere (ASGI,
+  a compressed connection) python-engineio's writer task sends packet by packet.
 - *Pending output*: each :class:`EngineSocket` keeps a running count of the bytes
-  queued for its client (added when a packet is queued, taken off when the
-  websocket writer has handed it to the transport or a long-poll has taken it),
-  plus what the websocket transport still buffers (sampled by the writer before
-  each frame). A packet that takes the sum over ``max_pending_output`` evicts the
-  connection (see :meth:`EngineSocket.send`).
+  queued for its client (added when a packet is queued, taken off when it is
+  written to the transport or a long-poll has taken it), plus what the websocket
+  transport still buffers. A packet that takes the sum over
+  ``max_pending_output`` evicts the connection (see :meth:`EngineSocket.send`).
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ import logging
 import math
 import re
 import secrets
+import struct
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -75,6 +83,7 @@ from engineio.async_socket import AsyncSocket
 from ._handshakes import AddressBudget, bucket_key, client_address
 from ._log import log
 from ._metrics import Metrics
+from ._outbox import Outbox
 
 __all__ = [
     "COOKIE_PREFIX",
@@ -184,12 +193,46 @@ def packet_size(pkt: Any) -> int:
 
 
 class SizedPacket(eio_packet.Packet):  # type: ignore[misc]
-    """An engine.io packet that knows its :func:`packet_size`: a broadcast frame
-    queued to many sockets is measured once."""
+    """An engine.io packet that knows its :func:`packet_size`, and builds its
+    websocket frame once: a broadcast frame queued to many sockets is measured and
+    framed once."""
+
+    frame: bytes | None = None
+    """The websocket frame, once a socket that writes frames itself has wanted it."""
 
     def __init__(self, packet_type: int, data: Any) -> None:
         super().__init__(packet_type, data)
         self.size = packet_size(self)
+
+
+def websocket_frame(pkt: Any) -> bytes:
+    """``pkt`` as one unmasked, uncompressed websocket frame from the server
+    (RFC 6455 section 5.2): text for a text packet, binary for bytes, as
+    python-engineio's drivers send them."""
+    data = pkt.encode()
+    if isinstance(data, str):
+        payload = data.encode()
+        opcode = 0x81  # FIN, text
+    else:
+        payload = bytes(data)
+        opcode = 0x82  # FIN, binary
+    length = len(payload)
+    if length < 126:
+        header = bytes((opcode, length))
+    elif length < 65536:
+        header = struct.pack("!BBH", opcode, 126, length)
+    else:
+        header = struct.pack("!BBQ", opcode, 127, length)
+    return header + payload
+
+
+def _frame_of(pkt: Any) -> bytes:
+    if type(pkt) is SizedPacket:
+        frame = pkt.frame
+        if frame is None:
+            frame = pkt.frame = websocket_frame(pkt)
+        return frame
+    return websocket_frame(pkt)
 
 
 class _Driver(Protocol):
@@ -221,9 +264,21 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
     """Whether a polling client sent CLOSE (its waiting long-poll is then ended)."""
     _driver: _Driver | None = None
     _writer: asyncio.Task[None] | None = None
-    _stop: asyncio.Future[None] | None = None
     _eviction: asyncio.Task[None] | None = None
     _ping_timer: asyncio.TimerHandle | None = None
+    # While the websocket loop reads: its deadline, which stops the read when due
+    # (set to now by _stop_reading), and the reason the loop then gives.
+    _reading: asyncio.Timeout | None = None
+    _in_read = False
+    _stop_reason: str | None = None
+    # Frames not yet written, when this socket writes websocket frames to its
+    # transport itself (see _write_frames); None otherwise.
+    _frames: list[bytes] | None = None
+    _transport: asyncio.WriteTransport | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Outbox()  # python-engineio's asyncio.Queue costs about 3 KB
 
     def schedule_ping(self) -> None:
         """Send the next PING ``ping_interval`` from now (python-engineio's, but with
@@ -231,6 +286,8 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         interval, and outlives the connection by up to that long)."""
         if self.last_ping:
             self.last_ping = None
+            if self._ping_timer is not None:
+                self._ping_timer.cancel()
             loop = asyncio.get_running_loop()
             self._ping_timer = loop.call_later(self.server.ping_interval, self._ping_due)
 
@@ -239,6 +296,25 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         if not self.closing and not self.closed and not self.evicted:
             self.last_ping = time.time()
             self._enqueue(eio_packet.Packet(eio_packet.PING))
+            if self._reading is not None:
+                # A websocket client that does not answer in time is gone: its read
+                # ends then (python-engineio times out every read instead, which
+                # costs a task and a timer per frame).
+                loop = asyncio.get_running_loop()
+                self._ping_timer = loop.call_later(self.server.ping_timeout, self._pong_overdue)
+
+    def _pong_overdue(self) -> None:
+        self._ping_timer = None
+        self._stop_reading(self.server.reason.PING_TIMEOUT)
+
+    def _stop_reading(self, reason: str) -> None:
+        """End the websocket loop (it then closes the session): its read at once,
+        or, while it handles a frame, before it reads the next."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        reading = self._reading
+        if self._in_read and reading is not None and not reading.expired():
+            reading.reschedule(asyncio.get_running_loop().time())
 
     @property
     def pending_output(self) -> int:
@@ -256,8 +332,17 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         size = pkt.size if type(pkt) is SizedPacket else packet_size(pkt)
         queued = self.queued_bytes + size
         self.queued_bytes = queued
-        self.queue.put_nowait(pkt)
-        pending = queued + self.transport_bytes
+        frames = self._frames
+        if frames is not None:
+            if not frames:
+                self.server.frames_waiting(self)
+            frames.append(_frame_of(pkt))
+            transport = self._transport
+            assert transport is not None
+            pending = queued + transport.get_write_buffer_size()
+        else:
+            self.queue.put_nowait(pkt)
+            pending = queued + self.transport_bytes
         if pending > self.peak_pending:
             self.peak_pending = pending
         if pending > self.server.max_pending_output and pending != size:
@@ -265,7 +350,39 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
 
     def _enqueue(self, pkt: Any) -> None:
         self.queued_bytes += packet_size(pkt)
-        self.queue.put_nowait(pkt)
+        frames = self._frames
+        if frames is not None:
+            if not frames:
+                self.server.frames_waiting(self)
+            frames.append(_frame_of(pkt))
+        else:
+            self.queue.put_nowait(pkt)
+
+    def end_transport(self) -> None:
+        """Close the websocket once what was sent (the CLOSE packet) is out, so a
+        close frame follows it; a polling client gets the CLOSE packet on its next
+        request."""
+        if self._frames is not None:
+            self.write_frames()
+            self._stop_reading(self.server.reason.SERVER_DISCONNECT)  # then it closes
+        else:
+            self.queue.put_nowait(None)  # ends python-engineio's writer, which closes
+
+    def write_frames(self) -> None:
+        """Write the frames waiting for this socket's websocket in one go (the
+        server calls this once per loop turn for every socket that has some):
+        nothing waits for the client; what its transport keeps counts in the
+        pending output, whose bound evicts a client that stops reading."""
+        frames = self._frames
+        if not frames:
+            return
+        self._frames = []
+        self.queued_bytes = 0
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        self.transport_bytes = transport.get_write_buffer_size()
 
     def _sent(self, pkt: Any) -> None:
         self.queued_bytes -= pkt.size if type(pkt) is SizedPacket else packet_size(pkt)
@@ -301,6 +418,8 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         while not self.queue.empty():
             self.queue.get_nowait()
             self.queue.task_done()
+        if self._frames is not None:
+            self._frames = []
         self.queued_bytes = 0
         self.server.slow_consumer(self, pending)
         # Held here: the event loop keeps only a weak reference to a task.
@@ -320,8 +439,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
                 # The server's send may wait for the client forever.
                 self._writer.cancel()
             self.transport_bytes = 0
-        if self._stop is not None and not self._stop.done():
-            self._stop.set_result(None)  # the websocket loop stops reading
+        self._stop_reading(SLOW_CONSUMER)
 
     async def receive(self, pkt: Any) -> None:
         if self.evicted:
@@ -339,7 +457,11 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
             self._ping_timer.cancel()
             self._ping_timer = None
         await super().close(wait=False, abort=abort, reason=reason)
-        if wait:
+        if self._frames is not None:
+            # The websocket closes after the CLOSE packet: a client that would not
+            # close it cannot keep the connection (nothing times its reads out).
+            self.end_transport()
+        elif wait:
             # python-engineio waits for the queue to drain, forever when no long-poll
             # comes to take the CLOSE packet (a client that went away).
             server = self.server
@@ -415,72 +537,99 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
             self.connected = True
             self.upgraded = True
 
-        async def writer() -> None:
-            while True:
-                try:
-                    # python-engineio's poll: a batch counts as pending until written.
-                    packets = await AsyncSocket.poll(self)
-                except eio_exceptions.QueueEmpty:
-                    break
-                if not packets:
-                    break
-                try:
-                    for pkt in packets:
-                        # Sampled before the frame goes in: the frame itself is
-                        # still counted in queued_bytes while its send waits.
-                        self.transport_bytes = ws.buffered()
-                        await ws.send(pkt.encode())
-                        self._sent(pkt)
-                    self.transport_bytes = ws.buffered()
-                except Exception:
-                    break
-            with contextlib.suppress(Exception):
-                await ws.close()
-
-        writer_task = asyncio.ensure_future(writer())
+        transport = ws.frame_transport()
+        writer_task = None
+        if transport is not None:
+            # Frames go to the transport from here on, in the order they are sent:
+            # first what was queued during the upgrade.
+            self._transport = transport
+            self._frames = []
+            while not self.queue.empty():
+                pkt = self.queue.get_nowait()
+                self.queue.task_done()
+                self.queued_bytes -= packet_size(pkt)
+                self._enqueue(pkt)
+        else:
+            writer_task = asyncio.ensure_future(self._write_queued(ws))
         self._driver = ws
         self._writer = writer_task
-        self._stop = stop = asyncio.get_running_loop().create_future()
-        reason = server.reason.TRANSPORT_CLOSE
-        while True:
-            # As python-engineio's wait_for, which also runs the read in a task; the
-            # stop future ends the loop when the connection is evicted.
-            reading = asyncio.ensure_future(next_frame())
-            try:
-                await asyncio.wait(
-                    (reading, stop),
-                    timeout=server.ping_interval + server.ping_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            except asyncio.CancelledError:
-                reading.cancel()
-                break
-            if not reading.done():
-                reading.cancel()
-                break
-            try:
-                pkt = reading.result()
-            except BadFrame:
-                await self._close_websocket(ws, "engineio_frame")
-                break
-            except asyncio.CancelledError:
-                break
-            if pkt is None:
-                break
-            try:
-                await self.receive(pkt)
-            except eio_exceptions.SocketIsClosedError:
-                break
-        await self.queue.put(None)  # lets the writer finish
-        await asyncio.wait({writer_task})
-        self._driver = self._writer = self._stop = None
+        self._stop_reason = None
+        try:
+            # One deadline for the whole loop, due only when _stop_reading asks for
+            # it during a read (a PONG overdue, an eviction): no timer per frame,
+            # and a frame being handled is never interrupted.
+            async with asyncio.timeout(None) as reading:
+                self._reading = reading
+                while self._stop_reason is None:
+                    self._in_read = True
+                    try:
+                        pkt = await next_frame()
+                    except BadFrame:
+                        pkt = BadFrame
+                    finally:
+                        self._in_read = False
+                    if self._stop_reason is not None:
+                        reading.reschedule(None)  # it may have been asked just now
+                        break
+                    if pkt is BadFrame:
+                        await self._close_websocket(ws, "engineio_frame")
+                        break
+                    if pkt is None:
+                        break
+                    try:
+                        await self.receive(pkt)
+                    except eio_exceptions.SocketIsClosedError:
+                        break
+                    # One frame per loop turn: a frame already buffered is read
+                    # without suspending, and a client sending without pause would
+                    # otherwise keep the loop from every other connection.
+                    await asyncio.sleep(0)
+        except (TimeoutError, asyncio.CancelledError):
+            pass  # as the client going away: the session is closed below
+        finally:
+            self._reading = None
+        reason = self._stop_reason or server.reason.TRANSPORT_CLOSE
+        if writer_task is not None:
+            await self.queue.put(None)  # lets the writer finish
+            await asyncio.wait({writer_task})
+        else:
+            self.write_frames()  # a CLOSE packet, if the session was ended
+            self._frames = None
+            with contextlib.suppress(Exception):
+                await ws.close()
+        self._driver = self._writer = None
         await self.close(wait=False, abort=True, reason=reason)
+
+    async def _write_queued(self, ws: Any) -> None:
+        """The websocket writer of a driver that cannot take frames (ASGI, or a
+        compressed connection): python-engineio's, packet by packet from the queue."""
+        while True:
+            try:
+                # python-engineio's poll: a batch counts as pending until written.
+                packets = await AsyncSocket.poll(self)
+            except eio_exceptions.QueueEmpty:
+                break
+            if not packets:
+                break
+            try:
+                for pkt in packets:
+                    # Sampled before the frame goes in: the frame itself is
+                    # still counted in queued_bytes while its send waits.
+                    self.transport_bytes = ws.buffered()
+                    await ws.send(pkt.encode())
+                    self._sent(pkt)
+                self.transport_bytes = ws.buffered()
+            except Exception:
+                break
+        with contextlib.suppress(Exception):
+            await ws.close()
 
     async def _close_websocket(self, ws: Any, reason: str) -> None:
         self.server.count_protocol_error(reason)
         # The session first, so the registry has forgotten it once the client sees
         # the close frame; during an upgrade, its long-poll is told (CLOSE).
         await self.close(wait=False, abort=self.upgraded, reason=self.server.reason.TRANSPORT_ERROR)
+        self.write_frames()  # what was sent before the close frame
         await ws.close(_WS_PROTOCOL_ERROR)
 
 
@@ -533,6 +682,14 @@ class AiohttpWebSocket(_UpstreamAiohttpWebSocket):  # type: ignore[misc]
         transport = self._transport
         return 0 if transport is None else transport.get_write_buffer_size()
 
+    def frame_transport(self) -> asyncio.WriteTransport | None:
+        """The transport the socket may write its websocket frames to itself: the
+        connection's, unless it compresses (each frame is then aiohttp's to make)."""
+        if self._sock.compress:
+            return None
+        transport = self._transport
+        return transport if isinstance(transport, asyncio.WriteTransport) else None
+
     def abort(self) -> bool:
         """Drop the connection without a closing handshake (the client is not reading)."""
         if self._transport is not None:
@@ -584,6 +741,10 @@ class AsgiWebSocket(_UpstreamAsgiWebSocket):  # type: ignore[misc]
             # The client may be gone already.
             with contextlib.suppress(Exception):
                 await self.asgi_send({"type": "websocket.close", "code": code})
+
+    def frame_transport(self) -> asyncio.WriteTransport | None:
+        """None: under ASGI the server makes the frames (python-engineio's writer)."""
+        return None
 
     def buffered(self) -> int:
         """Bytes the ASGI server's transport has not yet written, when it is known."""
@@ -677,6 +838,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         self.max_pending_sessions = max_pending_sessions
         self.pending: set[str] = set()
         """Sessions that have not completed a socket.io CONNECT yet."""
+        # Sockets with frames to write at the end of this loop turn (write_frames).
+        self._writing: list[EngineSocket] = []
         self._refusing: set[str] = set()
         self._binding_key = secrets.token_bytes(32)
         self._translate = self._async["translate_request"]
@@ -787,6 +950,23 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             self._refusing.add(reason)
             log(logging.WARNING, "handshake_refused", reason=reason)
         return _Refusal(status, message, headers=(("Retry-After", str(retry)),))
+
+    def frames_waiting(self, socket: EngineSocket) -> None:
+        """``socket`` has its first frame to write in this loop turn: all such
+        sockets write theirs together once the turn's other callbacks have run, so
+        a burst of emits costs one write per socket (as Node's ``ws`` corks)."""
+        writing = self._writing
+        if not writing:
+            asyncio.get_running_loop().call_soon(self._write_frames)
+        writing.append(socket)
+
+    def _write_frames(self) -> None:
+        writing, self._writing = self._writing, []
+        for socket in writing:
+            try:
+                socket.write_frames()
+            except Exception as exc:  # a transport that fails is that socket's end only
+                log(logging.ERROR, "websocket_write_failed", error=type(exc).__name__)
 
     def session_joined(self, sid: str) -> None:
         """Session ``sid`` has completed a socket.io CONNECT (or has ended): it no

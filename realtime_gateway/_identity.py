@@ -21,8 +21,13 @@ def _frozen_strings(value: Iterable[str] | str) -> frozenset[str]:
     return frozenset(value)
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
+    if not value:
+        return _EMPTY  # one for every handshake without cookies, auth or query
+    return MappingProxyType(dict(value))
 
 
 def _all_non_empty_strings(
@@ -142,15 +147,10 @@ class Handshake:
         cls, namespace: str, environ: Mapping[str, Any], auth: object = None
     ) -> Handshake:
         """Build a handshake from python-socketio's environ (aiohttp or ASGI drivers)."""
-        headers: CIMultiDict[str] = CIMultiDict()
-        for key, value in environ.items():
-            if key.startswith("HTTP_") and isinstance(value, str):
-                headers.add(key[5:].replace("_", "-"), value)
-        if "CONTENT_TYPE" in environ:
-            headers.add("Content-Type", str(environ["CONTENT_TYPE"]))
+        headers = _environ_headers(environ)
         return cls(
             namespace=namespace,
-            headers=CIMultiDictProxy(headers),
+            headers=headers,
             cookies=_parse_cookies(headers.get("Cookie", "")),
             auth=auth if isinstance(auth, Mapping) else {},
             query=dict(parse_qsl(str(environ.get("QUERY_STRING", "")))),
@@ -191,6 +191,32 @@ class Handshake:
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
         return None
+
+
+_HEADERS = "realtime_gateway.headers"  # the environ key of the headers, once made
+
+
+def _environ_headers(environ: Mapping[str, Any]) -> CIMultiDictProxy[str]:
+    """The request's headers, shared by every socket of its connection: aiohttp's
+    own (the request lives as long as the websocket), else made once from the
+    environ's ``HTTP_*`` keys and kept in it."""
+    request = environ.get("aiohttp.request")
+    own = getattr(request, "headers", None)
+    if isinstance(own, CIMultiDictProxy):
+        return own
+    made = environ.get(_HEADERS)
+    if isinstance(made, CIMultiDictProxy):
+        return made
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and isinstance(value, str):
+            headers.add(key[5:].replace("_", "-"), value)
+    if "CONTENT_TYPE" in environ:
+        headers.add("Content-Type", str(environ["CONTENT_TYPE"]))
+    proxy = CIMultiDictProxy(headers)
+    if isinstance(environ, dict):
+        environ[_HEADERS] = proxy
+    return proxy
 
 
 def _remote_address(environ: Mapping[str, Any]) -> str | None:

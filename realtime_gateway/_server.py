@@ -284,9 +284,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         if socket is None or socket.closed:
             return
         await socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
-        # End the websocket writer once the CLOSE packet is out, so a close frame
-        # follows it; a polling client gets the CLOSE packet on its next request.
-        socket.queue.put_nowait(None)
+        socket.end_transport()
 
     def _slow_consumer(self, socket: EngineSocket, pending: int) -> None:
         # The engine.io sid names the session (polling requests carry it): the

@@ -22,8 +22,11 @@ limits (the per-connection rate limit included) and ``GET /bench/stats`` answers
 server's own figures (see :func:`soak_stats`). With ``BENCH_RECOVERY=<seconds>``
 missed-message recovery is on (``GatewayConfig.recovery_window``, in memory): every
 room emit gets its offset as its last argument and goes into the recovery log, and
-a socket that drops is parked for that long. With ``--redis-url`` the gateway is
-one process of a cluster on that Redis (``GatewayConfig.redis_url``).
+a socket that drops is parked for that long. With ``BENCH_SERVE=uvicorn`` the same
+gateway is served as ASGI (:meth:`Gateway.asgi_app`) by uvicorn, its websockets by
+``websockets-sansio`` with permessage-deflate declined, as the gateway declines it
+under aiohttp by default. With ``--redis-url`` the gateway is one process of a
+cluster on that Redis (``GatewayConfig.redis_url``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import asyncio
 import gc
 import os
 import signal
+import socket
 import sys
 import time
 import tracemalloc
@@ -252,6 +256,37 @@ async def serve(gateway: Gateway, port: int, *, soak: bool = False) -> None:
             task.cancel()
 
 
+async def serve_asgi(gateway: Gateway, port: int) -> None:
+    """Serve ``gateway.asgi_app()`` with uvicorn until SIGTERM or SIGINT (uvicorn's
+    own handlers; lifespan shutdown shuts the gateway down)."""
+    import uvicorn
+
+    trace_to = os.environ.get("BENCH_TRACEMALLOC")
+    if trace_to:
+        snapshot_on_sigusr1(Path(trace_to))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config(
+        gateway.asgi_app(),
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            await task
+            sys.exit("uvicorn did not start")
+        await asyncio.sleep(0.01)
+    announce(sock.getsockname()[1])
+    await task
+
+
 def log_gc_pauses() -> None:
     """Write each pause of the cyclic garbage collector of 1 ms or more to stderr, as
     ``gc <unix time at its end> <generation> <ms>``."""
@@ -330,7 +365,10 @@ def main() -> None:
         recovery=recovery,
         redis_url=args.redis_url,
     )
-    asyncio.run(serve(gateway, args.port, soak=soak))
+    if os.environ.get("BENCH_SERVE", "aiohttp") == "uvicorn":
+        asyncio.run(serve_asgi(gateway, args.port))
+    else:
+        asyncio.run(serve(gateway, args.port, soak=soak))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import socket
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import socketio
@@ -101,6 +101,19 @@ if ARGV[6] == '1' and n <= 0 then
   redis.call('HDEL', KEYS[2], ARGV[2])
 end
 return n
+"""
+# A socket joins several rooms at once (the gateway's own rooms, at connect): for
+# each room KEYS[i >= 3] (the room's presence, field ARGV[1], the user) the count
+# moves up, and this process's share of it (KEYS[1], field ARGV[i + 1]); the
+# socket's record (KEYS[2], field ARGV[2]) becomes ARGV[3]. Answers the counts.
+_JOIN_ALL_SCRIPT = """
+local counts = {}
+for i = 3, #KEYS do
+  counts[#counts + 1] = redis.call('HINCRBY', KEYS[i], ARGV[1], 1)
+  redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1)
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return counts
 """
 PENDING_LIMIT = 1_000  # own logged emits awaiting their echo (past it: checked as any)
 PUBLISH_BATCH = 256  # messages per pipeline of the publish queue
@@ -710,6 +723,7 @@ class RedisRegistry:
         self._swept = _nothing
         self._add_script = redis.register_script(_ADD_SCRIPT)
         self._move_script = redis.register_script(_MOVE_SCRIPT)
+        self._join_all_script = redis.register_script(_JOIN_ALL_SCRIPT)
         # Each local socket's identity as JSON data, kept while its identity is the
         # same object: a socket's record is written at each join and heartbeat.
         self._identities: dict[str, tuple[Identity, dict[str, Any]]] = {}
@@ -849,6 +863,39 @@ class RedisRegistry:
 
         present = await self._attempt(write)
         return local_new if present is None else bool(present)
+
+    async def join_all(self, sid: str, rooms: Sequence[str]) -> dict[str, bool]:
+        """:meth:`join` for each of ``rooms`` in one script call (a connect joins the
+        gateway's own rooms: one round trip, not one per room); for each room
+        joined, whether the socket's user became present in it."""
+        conn = self.local._sockets.get(sid)
+        current = self.local._rooms.get(sid)
+        if conn is None or current is None:
+            return {}
+        new = [room for room in dict.fromkeys(rooms) if room not in current]
+        if not new:
+            return {}
+        local = {room: await self.local.join(sid, room) for room in new}
+        user_id = conn.identity.user_id
+        keys = [
+            self._key("process", self.process, "presence"),
+            self._key("sockets"),
+            *(self._presence_key(conn.namespace, room) for room in new),
+        ]
+        args = [
+            user_id,
+            sid,
+            self._info_json(conn, current),
+            *(f"{conn.namespace}{_SEP}{room}{_SEP}{user_id}" for room in new),
+        ]
+
+        async def write() -> list[int]:
+            return [int(count) for count in await self._join_all_script(keys=keys, args=args)]
+
+        counts = await self._attempt(write)
+        if counts is None:
+            return local
+        return {room: count == 1 for room, count in zip(new, counts, strict=True)}
 
     async def leave(self, sid: str, room: str) -> bool:
         conn = self.local._sockets.get(sid)

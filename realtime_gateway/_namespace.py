@@ -349,9 +349,21 @@ class GatewayNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _join_own_rooms(self, conn: Connection) -> None:
         """The user's room and a room per role held (joining twice is a no-op)."""
-        await self.join(conn, user_room(conn.identity.user_id), action=None)
-        for role in sorted(conn.identity.roles):
-            await self.join(conn, role_room(role), action=None)
+        rooms = [user_room(conn.identity.user_id), *map(role_room, sorted(conn.identity.roles))]
+        join_all = getattr(self.gateway.registry, "join_all", None)
+        if join_all is None:
+            for room in rooms:
+                await self.join(conn, room, action=None)
+            return
+        # A registry in a shared store records them in one call (RedisRegistry).
+        new = [room for room in rooms if room not in conn.rooms]
+        for room in new:
+            await self.gateway.server.enter_room(conn.sid, room, namespace=self.namespace)
+            conn.rooms[room] = None
+        present = await join_all(conn.sid, new) if new else {}
+        for room in new:
+            if present.get(room):
+                await self._announce(conn, room, joined=True)
 
     async def _announce(self, conn: Connection, room: str, *, joined: bool) -> None:
         try:

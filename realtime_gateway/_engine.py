@@ -110,6 +110,9 @@ _CLIENT_PACKETS = frozenset(
 _COOKIE_NAME = re.compile(rf"{COOKIE_PREFIX}[A-Za-z0-9_-]{{1,64}}")
 # Stale binding cookies expired per handshake; a browser sends only so many.
 _MAX_EXPIRED_COOKIES = 32
+# Bytes of frames a socket keeps for the end of the loop turn, at most: past them
+# they are written at once.
+WRITE_AT = 16 * 1024
 SLOW_CONSUMER = "slow_consumer"
 """The disconnect reason of a connection evicted for its pending output."""
 
@@ -339,6 +342,12 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
             frames.append(_frame_of(pkt))
             transport = self._transport
             assert transport is not None
+            if queued >= WRITE_AT:
+                # A long burst in one loop turn: what waits goes out now, so the
+                # client reads while the rest is being sent (and the joined
+                # buffer stays small).
+                self.write_frames()
+                queued = 0
             pending = queued + transport.get_write_buffer_size()
         else:
             self.queue.put_nowait(pkt)

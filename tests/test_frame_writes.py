@@ -293,3 +293,32 @@ async def test_frames_that_arrive_together_are_read_one_per_loop_turn(
             turns = {at for _, at in recorder.notes}
             # Read all at once, every handler would run in the same turn.
             assert len(turns) > count // 2
+
+
+async def test_a_long_burst_in_one_loop_turn_is_written_as_it_goes(
+    clients: Clients, authenticator: SignedTokenAuthenticator
+) -> None:
+    """Frames wait for the end of the loop turn only up to WRITE_AT bytes: the
+    client reads while a long burst is still being sent, and no socket joins the
+    whole burst into one buffer."""
+    from realtime_gateway._engine import WRITE_AT
+
+    gateway, _ = recorder_gateway(authenticator, max_pending_output=8 * 1024 * 1024)
+    async with clients.serve(gateway, "aiohttp") as server:
+        got: list[int] = []
+        client = socketio_client()
+        client.on("tick", lambda n, chunk: got.append(n))
+        clients.adopt(client)
+        token = authenticator.issue(USERS["nurse"])
+        await client.connect(server.url, auth={"token": token}, wait_timeout=5)
+        [socket] = gateway.server.eio.sockets.values()
+        chunk = "c" * 1000
+        most = 0
+        for n in range(500):  # about 500 KB, without yielding to the loop
+            await gateway.emit_to_room("lobby", "tick", (n, chunk))
+            most = max(most, socket.queued_bytes)
+        assert most < WRITE_AT + 1100
+        assert socket._frames is not None
+        assert sum(map(len, socket._frames)) < WRITE_AT
+        await until(lambda: len(got) == 500, within=10)
+        assert got == list(range(500))

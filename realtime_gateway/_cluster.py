@@ -115,6 +115,7 @@ end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 return counts
 """
+REDIS_CONNECTIONS = 100  # connections per process to Redis for commands (the bus has its own)
 PENDING_LIMIT = 1_000  # own logged emits awaiting their echo (past it: checked as any)
 PUBLISH_BATCH = 256  # messages per pipeline of the publish queue
 FLUSH_WITHIN = 5.0  # seconds a clean stop waits for the publish queue to empty
@@ -1243,7 +1244,17 @@ class Cluster:
             unsent=self._unsent,
             backpressure=self._backpressure,
         )
-        client = aioredis.Redis.from_url(config.redis_url, socket_timeout=5, **options)
+        # redis-py's default pool refuses a command at once (MaxConnectionsError)
+        # while 100 are in flight, as in a connect storm: this one waits for a
+        # connection instead, as long as a command may take.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            config.redis_url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=5,
+            socket_timeout=5,
+            **options,
+        )
+        client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         self.registry = RedisRegistry(
             client,
             prefix=config.redis_prefix,

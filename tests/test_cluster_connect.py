@@ -4,6 +4,8 @@ presence as room-by-room joins: on a real redis-server, with real clients."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -66,4 +68,29 @@ async def test_a_connect_records_its_own_rooms_in_one_call(redis_server: RedisSe
                 assert await registry.presence("/", room) == frozenset()
     finally:
         await clients.close()
+        await redis.aclose()
+
+
+async def test_more_commands_at_once_than_the_pool_holds_wait_for_a_connection(
+    redis_server: RedisServer,
+) -> None:
+    """redis-py's default pool refuses the 101st command in flight at once, which
+    the registry would take for Redis being down (a connect storm does this)."""
+    from realtime_gateway._cluster import REDIS_CONNECTIONS
+
+    tokens = SignedTokenAuthenticator([SECRET], salt=SALT, max_age=600)
+    config = quick_config(redis_url=redis_server.url)
+    gateway = clinic_gateway(tokens, config=config)
+    redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with Clients().serve(gateway, "aiohttp"):
+            registry = gateway.registry
+            assert isinstance(registry, RedisRegistry)
+            # A user another process has in the room: only Redis knows.
+            await redis.hset(registry._presence_key("/", "ward:3"), "u-elsewhere", "1")
+            answers = await asyncio.gather(
+                *(registry.presence("/", "ward:3") for _ in range(3 * REDIS_CONNECTIONS))
+            )
+            assert answers == [{"u-elsewhere"}] * (3 * REDIS_CONNECTIONS)
+    finally:
         await redis.aclose()

@@ -31,20 +31,19 @@ import datetime as dt
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadgen import Client, Delivery, LoadGenerator, ProtocolError, call_all, close_all
+from run import ServerProcess, ServerSpec, process_cpu_seconds
 
 from realtime_gateway import Identity, SignedTokenAuthenticator
 from tests.redis_server import RedisServer, _free_port
@@ -58,101 +57,17 @@ STOP_TIMEOUT = 10.0
 CALL_TIMEOUT = 30.0
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU time process ``pid`` has used (0 once it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Server:
-    """One gateway server process (ended by its pid)."""
-
-    def __init__(
-        self, library: Path, log_dir: Path, pin: int | None, redis_url: str | None
-    ) -> None:
-        self.library = library
-        self.pin = pin
-        self.redis_url = redis_url
-        self.log_path = log_dir / f"server-{time.monotonic_ns()}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self._drain: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def cpu_seconds(self) -> float:
-        assert self.process is not None
-        return process_cpu_seconds(self.process.pid)
-
-    async def __aenter__(self) -> Server:
-        env = {
-            **os.environ,
-            "BENCH_SECRET": SECRET,
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": str(self.library),
-        }
-        pin = () if self.pin is None else ("taskset", "-c", str(self.pin))
-        redis = () if self.redis_url is None else ("--redis-url", self.redis_url)
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                *pin,
-                sys.executable,
-                str(ROOT / "benchmarks" / "servers" / "gateway_server.py"),
-                "--port",
-                "0",
-                *redis,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=self._log,
-                env=env,
-                cwd=ROOT,
-            )
-            assert self.process.stdout is not None
-            line = await asyncio.wait_for(self.process.stdout.readline(), READY_TIMEOUT)
-            words = line.decode(errors="replace").split()
-            if len(words) != 2 or words[0] != "ready":
-                raise RuntimeError(f"the server did not start: {self.log_tail()}")
-            self.port = int(words[1])
-            self._drain = asyncio.create_task(self._drain_stdout(self.process.stdout))
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _drain_stdout(self, stream: asyncio.StreamReader) -> None:
-        while await stream.read(65536):
-            pass
-
-    async def stop(self) -> None:
-        process = self.process
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-        if self._drain is not None:
-            self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain
-        self._log.close()
-
-    def log_tail(self, chars: int = 2000) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
+def gateway_server(
+    library: Path, log_dir: Path, pin: int | None, redis_url: str | None
+) -> ServerProcess:
+    """Server A of run.py on the realtime_gateway in ``library``, on Redis if
+    ``redis_url`` is given, pinned to CPU ``pin``."""
+    redis = () if redis_url is None else ("--redis-url", redis_url)
+    script = ROOT / "benchmarks" / "servers" / "gateway_server.py"
+    spec = ServerSpec("A", "realtime_gateway", (sys.executable, str(script), *redis), "gateway")
+    server = ServerProcess(spec, SECRET, log_dir, env={"PYTHONPATH": str(library)})
+    server.pin = pin
+    return server
 
 
 def redis_pid(port: int) -> int | None:
@@ -191,7 +106,7 @@ def _succeeded(answer: Any) -> bool:
 
 
 async def fan_out(
-    servers: Sequence[Server],
+    servers: Sequence[ServerProcess],
     groups: Sequence[Sequence[Client]],
     controller: Client,
     count: int,
@@ -204,7 +119,7 @@ async def fan_out(
     for client in clients:
         client.expect(delivery)
     timeout = max(30.0, delivery.expected / 2000)
-    before = [server.cpu_seconds() for server in servers]
+    before = [process_cpu_seconds(server.pid) for server in servers]
     delivery.started = time.perf_counter()
     answer = await controller.call(
         "bench:fanout", {"room": "bench:all", "count": count, "size": SIZE}, within=timeout
@@ -213,7 +128,10 @@ async def fan_out(
         raise ProtocolError(f"bench:fanout answered {answer!r}")
     if not await delivery.wait(timeout) or not delivery.in_order:
         raise ProtocolError(f"deliveries incomplete or out of order: {delivery.summary()}")
-    cpu = [server.cpu_seconds() - start for server, start in zip(servers, before, strict=True)]
+    cpu = [
+        process_cpu_seconds(server.pid) - start
+        for server, start in zip(servers, before, strict=True)
+    ]
     per_delivery = [spent / (len(group) * count) for spent, group in zip(cpu, groups, strict=True)]
     return delivery.expected / delivery.elapsed, per_delivery
 
@@ -230,7 +148,9 @@ async def setup(
     figures: dict[str, float] = {}
     async with contextlib.AsyncExitStack() as stack:
         servers = [
-            await stack.enter_async_context(Server(args.library, log_dir, args.pin, redis_url))
+            await stack.enter_async_context(
+                gateway_server(args.library, log_dir, args.pin, redis_url)
+            )
             for _ in range(processes)
         ]
         per_server = args.clients // processes
@@ -241,9 +161,9 @@ async def setup(
             for index, server in enumerate(servers):
                 gen = await stack.enter_async_context(LoadGenerator(server.url))
                 wanted = tokens.many(f"u{index}-", per_server)
-                cpu_before = server.cpu_seconds()
+                cpu_before = process_cpu_seconds(server.pid)
                 clients, seconds = await gen.connect_many(wanted, concurrency=args.concurrency)
-                connect_cpu += server.cpu_seconds() - cpu_before
+                connect_cpu += process_cpu_seconds(server.pid) - cpu_before
                 connect_seconds += seconds
                 opened += clients
                 groups.append(clients)
